@@ -1,0 +1,64 @@
+"""What every output provides. The runner that feeds an output from the buffer lives in ``edge_daq.delivery``."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Self
+
+from pydantic import Field
+
+from edge_daq.config.units import Duration
+from edge_daq.drivers.base import StrictModel
+from edge_daq.record import Record
+
+
+class OutputConfig(StrictModel):
+    """Keys common to every output."""
+
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    flush_interval: Duration = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What happened to a batch that the output accepted: ``written + dropped == len(batch)``.
+
+    ``dropped`` counts records the destination rejected for good (a malformed point, a type conflict):
+    they are logged and counted, never retried, so one bad point cannot block the rest.
+    """
+
+    written: int
+    dropped: int = 0
+
+
+class Output(ABC):
+    """An output delivers batches of records. ``async with`` opens and closes its connections."""
+
+    name: str
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Prepare the output (create a database, open a file); failures here are retried like writes."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files; never raises."""
+
+    @abstractmethod
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        """Deliver one batch, acknowledged by the destination when this returns.
+
+        Raises :class:`~edge_daq.errors.RetriableSinkError` to have the same batch retried after a backoff
+        (honouring ``retry_after``), :class:`~edge_daq.errors.FatalSinkError` for a configuration problem
+        (also retried, with a long backoff: the data is kept). Splitting an oversized batch is done inside.
+        """
