@@ -42,6 +42,10 @@ class InstrumentConfig(StrictModel):
     def measurement_name(self) -> str:
         return self.measurement or self.name
 
+    def field_tags(self) -> dict[str, dict[str, str]]:
+        """Extra tags of individual fields (per-point ``tags``); such fields go into records of their own."""
+        return {}
+
 
 @dataclass(slots=True)
 class PollResult:

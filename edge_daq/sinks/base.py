@@ -20,6 +20,7 @@ class OutputConfig(StrictModel):
 
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval: Duration = 1.0
+    max_backoff: Duration = 300.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,10 @@ class ModbusInstrumentConfig(InstrumentConfig):
         return self
 
 
+    def field_tags(self) -> dict[str, dict[str, str]]:
+        return {point.name: point.tags for point in self.points if point.tags}
+
+
 class ModbusTcpConfig(ModbusInstrumentConfig):
     driver: Literal["modbus-tcp"]
     host: str

@@ -1,0 +1,68 @@
+"""The ``edge-daq`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge_daq import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-daq",
+        description="Data acquisition for reliability-test rigs: instruments to InfluxDB, MQTT and files.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-daq {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run the daemon")
+    run.add_argument("-c", "--config", type=Path, required=True, help="the gateway file")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override log.level")
+    run.add_argument("--log-json", action="store_true", help="JSON log lines even on a terminal")
+
+    check = commands.add_parser("check", help="check gateway and rig files; print every problem as path:line:col")
+    check.add_argument("files", type=Path, nargs="+", metavar="FILE")
+
+    simulate = commands.add_parser(
+        "simulate", help="run a simulated instrument (see `edge-daq simulate --list`)", add_help=False
+    )
+    simulate.add_argument("args", nargs=argparse.REMAINDER)
+
+    demo = commands.add_parser("demo", help="simulated HTOL rig -> daemon -> local files, with a live table")
+    demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
+    demo.add_argument("--out", type=Path, default=Path("edge-daq-demo"), help="folder for the line-protocol files")
+    demo.add_argument("-c", "--config", type=Path, default=None, help="gateway file (default: the shipped example)")
+    demo.add_argument("--no-live", action="store_true", help="no live table: print a summary line every 5 s")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            from edge_daq.cli.check import run_check
+
+            return run_check(args.files, sys.stdout)
+        if args.command == "run":
+            from edge_daq.cli.run import run_daemon
+
+            return run_daemon(args.config, log_level=args.log_level, log_json=args.log_json or None)
+        if args.command == "simulate":
+            # Simulators are test-bench tooling, imported only by this command and the demo, never by the daemon.
+            from simulators.cli import main as simulate_main
+
+            return simulate_main(args.args)
+        if args.command == "demo":
+            from edge_daq.cli.demo import run_demo
+
+            return run_demo(config=args.config, out=args.out, duration=args.duration, live=not args.no_live)
+    except KeyboardInterrupt:
+        return 130
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Feeds one output from the buffer: batching by size and time, retries with backoff, cursor commits.
+
+Each output has its own runner and its own cursor, so a slow or dead output never holds back another one nor
+acquisition. A batch is committed only after the output acknowledged it; until then it is retried, whatever
+the error, so nothing leaves the buffer undelivered except what the destination itself rejected as invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+import structlog
+
+from edge_daq.buffer.ring import Batch, BatchSource
+from edge_daq.errors import FatalSinkError, RetriableSinkError, SinkError
+from edge_daq.sinks.base import Output, OutputConfig
+from edge_daq.stats import OutputStats
+
+log = structlog.get_logger("edge_daq.delivery")
+
+INITIAL_BACKOFF = 0.5
+FATAL_MIN_BACKOFF = 30.0  # a misconfigured output (bad token) is not hammered
+RETRY_AFTER_CAP = 600.0
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset on success."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = max(initial, maximum)
+        self._attempt = 0
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self.maximum, self.initial * 2**self._attempt)
+        self._attempt += 1
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class OutputRunner:
+    def __init__(self, output: Output, source: BatchSource, config: OutputConfig, stats: OutputStats) -> None:
+        self.output = output
+        self.source = source
+        self.config = config
+        self.stats = stats
+        self._backoff = Backoff(INITIAL_BACKOFF, config.max_backoff)
+        self._closing = False
+        self._log = log.bind(output=output.name)
+
+    def begin_drain(self) -> None:
+        """Stop waiting for full batches: deliver what is pending, then :meth:`run` returns."""
+        self._closing = True
+        self.source.wake()
+
+    async def run(self) -> None:
+        await self._open()
+        try:
+            while True:
+                batch = await self._next_batch()
+                if batch is None:
+                    return
+                await self._deliver(batch)
+                self.source.commit(batch)
+                self.stats.lost = self.source.lost
+        finally:
+            await self.output.close()
+
+    async def _open(self) -> None:
+        while True:
+            try:
+                await self.output.open()
+            except SinkError as error:
+                await self._failed(error)
+            else:
+                return
+
+    async def _next_batch(self) -> Batch | None:
+        """Up to batch_size records, waiting at most flush_interval after the first; None once drained."""
+        source, size = self.source, self.config.batch_size
+        if not self._closing:
+            await source.wait(1)
+            if not self._closing and source.pending < size:
+                await source.wait(size, max_wait=self.config.flush_interval)
+        if source.pending == 0:
+            return None
+        return source.read(size)
+
+    async def _deliver(self, batch: Batch) -> None:
+        while True:
+            try:
+                result = await self.output.write(batch.records)
+            except SinkError as error:
+                if self._closing and not isinstance(error, RetriableSinkError | FatalSinkError):
+                    raise
+                await self._failed(error)
+                continue
+            self.stats.delivered += result.written
+            self.stats.rejected += result.dropped
+            self.stats.batches += 1
+            self.stats.last_delivery_wall = time.time()
+            if self.stats.failing_since is not None:
+                self._log.info(
+                    "output_recovered",
+                    outage_seconds=round(time.monotonic() - self.stats.failing_since, 1),
+                )
+                self.stats.failing_since = None
+                self.stats.last_error = ""
+            self._backoff.reset()
+            return
+
+    async def _failed(self, error: SinkError) -> None:
+        """Log the first failure of an outage at error level, then back off quietly."""
+        self.stats.retries += 1
+        self.stats.last_error = str(error)
+        if self.stats.failing_since is None:
+            self.stats.failing_since = time.monotonic()
+            self._log.error("output_failed", error=str(error), kind=type(error).__name__)
+        delay = self._backoff.next_delay()
+        if isinstance(error, FatalSinkError):
+            delay = max(delay, FATAL_MIN_BACKOFF)
+        if isinstance(error, RetriableSinkError) and error.retry_after is not None:
+            delay = max(delay, min(error.retry_after, RETRY_AFTER_CAP))
+        if self._closing:
+            # Draining: the supervisor bounds the total time; retry soon rather than sleeping past it.
+            delay = min(delay, 1.0)
+        await asyncio.sleep(delay)

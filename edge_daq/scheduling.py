@@ -1,0 +1,245 @@
+"""Bus schedulers: one per physical link, polling each instrument behind it at its own interval.
+
+Intervals are kept drift-free on the monotonic clock (poll k is due at start + k * interval, whatever the
+previous poll cost); a poll that starts after its due time is late, and due times that passed while a poll
+was still running are skipped whole, never bunched up. Timestamps come from the wall clock at the moment the
+response arrived, taken once and never changed afterwards.
+
+Requests on one link are strictly sequential: one scheduler task per link, which awaits each poll before
+starting the next, so a device never sees two requests in flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import structlog
+
+from edge_daq.delivery import Backoff
+from edge_daq.drivers.base import Instrument, InstrumentConfig, Link, PollResult
+from edge_daq.errors import DriverConnectionError, DriverError, DriverTimeoutError
+from edge_daq.record import FieldValue, Record, Series
+from edge_daq.stats import InstrumentStats
+
+log = structlog.get_logger("edge_daq.scheduling")
+
+STATUS_MEASUREMENT = "edge_daq_status"
+STATUS_HEARTBEAT = 60.0
+"""A healthy instrument writes a status record at least this often (seconds); a failing one at every poll."""
+
+BACKOFF_AFTER_FAILURES = 3
+"""Consecutive failures after which an instrument is polled at growing intervals instead of every cycle."""
+MAX_INSTRUMENT_BACKOFF = 60.0
+LINK_REOPEN_AFTER_TIMEOUTS = 3
+"""Consecutive timeouts on a link, with no success in between, after which the link is closed and reopened."""
+
+
+class RecordBuilder:
+    """Turns a poll result into records: the instrument's series, plus one per distinct per-point tag set."""
+
+    def __init__(self, config: InstrumentConfig, base_tags: Mapping[str, str]) -> None:
+        # The identifying tags come last so that no rig or instrument tag can overwrite them.
+        tags = {**config.tags, **base_tags, "instrument": config.name}
+        self.series = Series(config.measurement_name, tags)
+        self.status_series = Series(STATUS_MEASUREMENT, self.series.tags)
+        self._field_series = {name: self.series.with_tags(tags) for name, tags in config.field_tags().items()}
+
+    def build(self, fields: dict[str, FieldValue], time_ns: int) -> list[Record]:
+        if not self._field_series:
+            return [Record(self.series, fields, time_ns)] if fields else []
+        grouped: dict[Series, dict[str, FieldValue]] = {}
+        for name, value in fields.items():
+            grouped.setdefault(self._field_series.get(name, self.series), {})[name] = value
+        return [Record(series, group, time_ns) for series, group in grouped.items()]
+
+    def status(self, *, ok: bool, failed_points: int, latency: float, error: str, time_ns: int) -> Record:
+        fields: dict[str, FieldValue] = {
+            "ok": ok,
+            "failed_points": failed_points,
+            "latency_ms": round(latency * 1000.0, 3),
+            "error": error,
+        }
+        return Record(self.status_series, fields, time_ns)
+
+
+@dataclass(eq=False)
+class ScheduledInstrument:
+    instrument: Instrument[InstrumentConfig, Link]
+    builder: RecordBuilder
+    stats: InstrumentStats
+    next_due: float = 0.0
+    retry_at: float = 0.0
+    last_status_at: float = field(default=-STATUS_HEARTBEAT)
+
+    @property
+    def config(self) -> InstrumentConfig:
+        return self.instrument.config
+
+
+class LinkScheduler:
+    """Owns one link and polls the instruments that share it, one request at a time."""
+
+    def __init__(
+        self,
+        *,
+        link: Link,
+        instruments: Sequence[ScheduledInstrument],
+        emit: Callable[[Record], None],
+    ) -> None:
+        if not instruments:
+            raise ValueError("a link scheduler needs at least one instrument")
+        self.link = link
+        self.instruments = list(instruments)
+        self._emit = emit
+        self._link_backoff = Backoff(0.5, 30.0)
+        self._link_retry_at = 0.0
+        self._link_error = ""
+        self._timeouts_in_a_row = 0
+        self._log = log.bind(link=link.describe)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        queue: list[tuple[float, int]] = []
+        for index, scheduled in enumerate(self.instruments):
+            scheduled.next_due = start
+            queue.append((start, index))
+        heapq.heapify(queue)
+        try:
+            while True:
+                due, index = queue[0]
+                if (delay := due - loop.time()) > 0:
+                    await asyncio.sleep(delay)
+                heapq.heappop(queue)
+                scheduled = self.instruments[index]
+                await self._cycle(scheduled, due)
+                heapq.heappush(queue, (scheduled.next_due, index))
+        finally:
+            await self.link.close()
+
+    async def _cycle(self, scheduled: ScheduledInstrument, due: float) -> None:
+        loop = asyncio.get_running_loop()
+        stats, interval = scheduled.stats, scheduled.config.interval
+        started = loop.time()
+        lateness = started - due
+        stats.lateness.observe(lateness)
+        if lateness > max(0.01, interval * 0.1):
+            stats.late += 1
+
+        if started >= scheduled.retry_at:
+            await self._poll(scheduled, started)
+
+        next_due = due + interval
+        now = loop.time()
+        if next_due <= now:
+            missed = int((now - next_due) // interval) + 1
+            stats.skipped += missed
+            next_due += missed * interval
+        if scheduled.retry_at > next_due:
+            # Backing off: stay on the instrument's grid, so its records keep regular timestamps.
+            next_due += -(-(scheduled.retry_at - next_due) // interval) * interval
+        scheduled.next_due = next_due
+
+    async def _poll(self, scheduled: ScheduledInstrument, started: float) -> None:
+        loop = asyncio.get_running_loop()
+        stats = scheduled.stats
+        stats.polls += 1
+        try:
+            if not self.link.is_open:
+                await self._open_link(started)
+            result = await scheduled.instrument.poll(self.link)
+        except DriverError as error:
+            time_ns = time.time_ns()
+            await self._poll_failed(scheduled, error, loop.time() - started, time_ns)
+            return
+        time_ns = time.time_ns()  # acquisition time: when the response arrived
+        latency = loop.time() - started
+        stats.latency.observe(latency)
+        self._timeouts_in_a_row = 0
+        self._link_backoff.reset()
+        self._poll_succeeded(scheduled, result, latency, time_ns)
+
+    async def _open_link(self, now: float) -> None:
+        if now < self._link_retry_at:
+            raise DriverConnectionError(self._link_error or f"{self.link.describe} is down")
+        try:
+            await self.link.open()
+        except DriverError as error:
+            self._link_error = str(error)
+            self._link_retry_at = now + self._link_backoff.next_delay()
+            raise
+        self._link_error = ""
+
+    def _poll_succeeded(self, scheduled: ScheduledInstrument, result: PollResult, latency: float, time_ns: int) -> None:
+        stats, builder = scheduled.stats, scheduled.builder
+        recovered = stats.consecutive_failures > 0
+        if recovered:
+            self._log.info(
+                "instrument_recovered",
+                rig=stats.rig,
+                instrument=stats.instrument,
+                failed_polls=stats.consecutive_failures,
+            )
+        stats.consecutive_failures = 0
+        stats.last_success_monotonic = asyncio.get_running_loop().time()
+        scheduled.retry_at = 0.0
+        for record in builder.build(result.fields, time_ns):
+            self._emit(record)
+            stats.records += 1
+
+        failed = len(result.failed)
+        error = "; ".join(dict.fromkeys(str(e) for e in result.errors)) if failed else ""
+        if failed:
+            stats.failed_points += failed
+            if error != stats.last_error:
+                self._log.error(
+                    "points_failed",
+                    rig=stats.rig,
+                    instrument=stats.instrument,
+                    points=result.failed,
+                    error=error,
+                )
+        stats.last_error = error
+        now = asyncio.get_running_loop().time()
+        if failed or recovered or now - scheduled.last_status_at >= STATUS_HEARTBEAT:
+            scheduled.last_status_at = now
+            self._emit(
+                builder.status(ok=not failed, failed_points=failed, latency=latency, error=error, time_ns=time_ns)
+            )
+
+    async def _poll_failed(
+        self, scheduled: ScheduledInstrument, error: DriverError, latency: float, time_ns: int
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        stats = scheduled.stats
+        stats.failures += 1
+        stats.consecutive_failures += 1
+        message = str(error) or type(error).__name__
+        if stats.consecutive_failures == 1:
+            self._log.error(
+                "instrument_failed",
+                rig=stats.rig,
+                instrument=stats.instrument,
+                error=message,
+                kind=type(error).__name__,
+            )
+        stats.last_error = message
+
+        if isinstance(error, DriverTimeoutError):
+            self._timeouts_in_a_row += 1
+        if self.link.is_open and (
+            isinstance(error, DriverConnectionError) or self._timeouts_in_a_row >= LINK_REOPEN_AFTER_TIMEOUTS
+        ):
+            # A dead socket or a wedged peer: start afresh on the next attempt rather than wait on it.
+            self._timeouts_in_a_row = 0
+            await self.link.close()
+        if stats.consecutive_failures >= BACKOFF_AFTER_FAILURES:
+            exponent = stats.consecutive_failures - BACKOFF_AFTER_FAILURES
+            delay = min(MAX_INSTRUMENT_BACKOFF, scheduled.config.interval * 2.0**exponent)
+            scheduled.retry_at = loop.time() + delay
+        scheduled.last_status_at = loop.time()
+        self._emit(scheduled.builder.status(ok=False, failed_points=0, latency=latency, error=message, time_ns=time_ns))

@@ -1,0 +1,85 @@
+"""Plain counters of the pipeline, updated on the hot path without locks.
+
+The event loop is single-threaded, so an int attribute is enough; /metrics and ``edge-daq status`` read these
+objects through a collector instead of the hot path calling prometheus-client for every poll.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from dataclasses import dataclass, field
+
+# Upper bounds in seconds, shared by the poll-latency and schedule-lateness histograms.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Histogram:
+    """Cumulative-on-read histogram with fixed buckets (Prometheus semantics)."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def quantile(self, q: float) -> float:
+        """Upper bound of the bucket holding the q-quantile (inf if it is in the overflow bucket)."""
+        if self.count == 0:
+            return 0.0
+        rank = q * self.count
+        seen = 0
+        for bound, count in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            seen += count
+            if seen >= rank:
+                return bound
+        return float("inf")
+
+
+@dataclass(slots=True)
+class InstrumentStats:
+    rig: str
+    instrument: str
+    link: str
+    polls: int = 0
+    failures: int = 0
+    failed_points: int = 0
+    late: int = 0
+    skipped: int = 0
+    records: int = 0
+    consecutive_failures: int = 0
+    last_error: str = ""
+    last_success_monotonic: float | None = None
+    latency: Histogram = field(default_factory=Histogram)
+    lateness: Histogram = field(default_factory=Histogram)
+
+    @property
+    def up(self) -> bool:
+        return self.polls > 0 and self.consecutive_failures == 0
+
+
+@dataclass(slots=True)
+class OutputStats:
+    output: str
+    delivered: int = 0
+    rejected: int = 0  # dropped by the destination as invalid
+    lost: int = 0  # dropped by the buffer before delivery
+    retries: int = 0
+    batches: int = 0
+    failing_since: float | None = None
+    last_error: str = ""
+    last_delivery_wall: float | None = None
+
+
+@dataclass(slots=True)
+class PipelineStats:
+    started_wall: float = field(default_factory=time.time)
+    instruments: list[InstrumentStats] = field(default_factory=list)
+    outputs: list[OutputStats] = field(default_factory=list)

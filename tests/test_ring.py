@@ -1,0 +1,84 @@
+import asyncio
+
+import pytest
+
+from edge_daq.buffer.ring import RingBuffer
+from edge_daq.record import Record, Series
+
+SERIES = Series("m", {"rig": "r"})
+
+
+def record(n: int) -> Record:
+    return Record(SERIES, {"n": n}, n)
+
+
+def values(records: list[Record]) -> list[int]:
+    return [int(r.fields["n"]) for r in records]
+
+
+def test_readers_keep_their_own_cursor_and_commit_releases_records() -> None:
+    ring = RingBuffer(10)
+    fast, slow = ring.reader("fast"), ring.reader("slow")
+    ring.extend(record(n) for n in range(5))
+
+    batch = fast.read(3)
+    assert values(batch.records) == [0, 1, 2]
+    fast.commit(batch)
+    assert fast.pending == 2
+    assert slow.pending == 5
+    assert len(ring) == 5  # the slow reader still needs them
+
+    slow.commit(slow.read(5))
+    assert len(ring) == 2  # 0..2 are released: both readers have passed them
+
+
+def test_full_ring_drops_oldest_and_counts_per_reader() -> None:
+    ring = RingBuffer(4)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(10))
+    assert ring.dropped == 6
+    batch = reader.read(100)
+    assert values(batch.records) == [6, 7, 8, 9]
+    assert reader.lost == 6
+
+
+def test_batch_delivered_while_ring_overflows_is_not_counted_lost() -> None:
+    ring = RingBuffer(3)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(3))
+    batch = reader.read(3)
+    ring.extend(record(n) for n in range(3, 5))  # evicts 0 and 1 while the batch is in flight
+    reader.commit(batch)
+    assert reader.lost == 0
+    assert values(reader.read(10).records) == [3, 4]
+
+
+async def test_wait_returns_once_the_batch_is_complete_or_on_timeout() -> None:
+    ring = RingBuffer(100)
+    reader = ring.reader("out")
+    assert await reader.wait(1, max_wait=0.01) is False
+
+    async def produce() -> None:
+        for n in range(5):
+            await asyncio.sleep(0.001)
+            ring.append(record(n))
+
+    producer = asyncio.create_task(produce())
+    assert await reader.wait(5, max_wait=2.0) is True
+    await producer
+    assert reader.pending == 5
+    assert await reader.wait(10, max_wait=0.01) is False
+
+
+async def test_wake_ends_a_wait_at_once() -> None:
+    ring = RingBuffer(10)
+    reader = ring.reader("out")
+    waiter = asyncio.create_task(reader.wait(1))
+    await asyncio.sleep(0)
+    reader.wake()
+    assert await asyncio.wait_for(waiter, 1.0) is False
+
+
+def test_capacity_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="capacity"):
+        RingBuffer(0)
