@@ -26,9 +26,7 @@ from pydantic import Field, model_validator
 from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
 
 Table = Literal["holding", "input", "coil", "discrete"]
-PointType = Literal[
-    "int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "string"
-]
+PointType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "string"]
 ByteOrder = Literal["ABCD", "CDAB", "BADC", "DCBA"]
 
 REGISTER_COUNT: dict[str, int] = {
@@ -121,7 +119,6 @@ class ModbusInstrumentConfig(InstrumentConfig):
             if point.address - self.address_base + point.register_count > 65536:
                 raise ValueError(f"point {point.name!r} extends past the last Modbus address")
         return self
-
 
     def field_tags(self) -> dict[str, dict[str, str]]:
         return {point.name: point.tags for point in self.points if point.tags}
