@@ -31,7 +31,9 @@ def escape_key(key: str) -> str:
 
 
 def encode_string_field(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    # Inside a quoted string field only quotes and backslashes are escaped; InfluxDB keeps a newline as is
+    # but would store an escaped one as a backslash and an "n".
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,17 +12,56 @@ Sample (gateway file)::
         batch_size: 5000
         flush_interval: 1s
         timeout: 10s
+
+How a reply is classified (Telegraf's ``influxdb_v2`` table, plus the writer rules of the design notes):
+
+======================================  =============================================================
+2xx                                     written
+400/422 "partial write" / ``dropped=N`` the valid points were written: count N dropped, never resend
+400/422 that rejected the whole batch   bisect to isolate the bad lines; drop only those
+413                                     split in halves and resend; a single line still too large is dropped
+429, 502, 503, 504                      :class:`RetriableSinkError` with ``Retry-After`` (capped at 600 s)
+other 5xx, connection errors, timeouts  :class:`RetriableSinkError`
+401, 403, 404, other 4xx                :class:`FatalSinkError` (configuration problem: the data is kept)
+======================================  =============================================================
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
+import gzip
+import json
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
-from pydantic import Field, SecretStr, model_validator
+import aiohttp
+import structlog
+from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+from influxdb_client.client.write_api_async import WriteApiAsync
+from influxdb_client.domain.write_precision import WritePrecision
+from influxdb_client.rest import ApiException
+from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
 
 from edge_daq.config.units import Duration
-from edge_daq.sinks.base import OutputConfig
+from edge_daq.errors import FatalSinkError, RetriableSinkError
+from edge_daq.record import Record, to_line
+from edge_daq.sinks.base import Output, OutputConfig, WriteResult
+
+log = structlog.get_logger("edge_daq.sinks.influxdb")
+
+RETRY_AFTER_CAP = 600.0  # seconds; Telegraf caps Retry-After at 10 minutes too
+THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
+_DROPPED = re.compile(r"dropped=(\d+)")
+_LOGGED_MESSAGE_CHARS = 500
+# influxdb-client annotates write_precision with the WritePrecision class, whose members are plain strings.
+_NANOSECONDS = cast(WritePrecision, WritePrecision.NS)
 
 
 class InfluxDBOutputConfig(OutputConfig):
@@ -46,6 +85,14 @@ class InfluxDBOutputConfig(OutputConfig):
     verify_tls: bool = True
     max_backoff: Duration = 300.0
 
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str) -> str:
+        # The URL is shown in logs and errors: credentials belong in token, username or password.
+        if URL(url).user is not None:
+            raise ValueError("put credentials in token, username or password, not in url")
+        return url
+
     @model_validator(mode="after")
     def _check_api_keys(self) -> InfluxDBOutputConfig:
         if self.api == "v2":
@@ -62,3 +109,343 @@ class InfluxDBOutputConfig(OutputConfig):
             if self.password is not None and self.password_file is not None:
                 raise ValueError("give password or password_file, not both")
         return self
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A non-2xx reply to one write request, whichever API produced it."""
+
+    status: int
+    body: bytes = b""
+    retry_after: str | None = None  # the raw Retry-After header
+
+    @property
+    def message(self) -> str:
+        """The server's error message: ``error`` (1.x, 3.x) or ``message`` (2.x) of a JSON body, else the text."""
+        text = self.body.decode("utf-8", "replace").strip()
+        try:
+            document = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(document, dict):
+            for key in ("message", "error"):
+                if isinstance(document.get(key), str):
+                    return str(document[key])
+        return text
+
+    @property
+    def is_partial_write(self) -> bool:
+        message = self.message
+        return "partial write" in message or _DROPPED.search(message) is not None
+
+    def dropped_count(self) -> int:
+        """How many points a partial write rejected, from whatever the server reports (at least one)."""
+        message = self.message
+        count = sum(int(found) for found in _DROPPED.findall(message))
+        # 1.x reports lines it could not parse separately from dropped=N (which then says 0).
+        count += message.count("unable to parse")
+        if count == 0:
+            # 3.x lists the rejected lines (up to 100) in "data" instead of a count.
+            try:
+                details = json.loads(self.body).get("data")
+            except (ValueError, AttributeError):
+                details = None
+            if isinstance(details, list):
+                count = len(details)
+        return max(count, 1)
+
+    def retry_after_seconds(self) -> float | None:
+        """``Retry-After`` as seconds (it may be a number or an HTTP date), capped; None if absent or unreadable."""
+        if self.retry_after is None:
+            return None
+        value = self.retry_after.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+        return min(max(seconds, 0.0), RETRY_AFTER_CAP)
+
+
+class _Transport(ABC):
+    """One write API: posts a body of line protocol, returns None on 2xx or the rejection."""
+
+    target: str  # for messages: "bucket 'x'" or "database 'y'"
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def post(self, body: bytes) -> Rejection | None:
+        """Raise :class:`RetriableSinkError` for connection errors and timeouts."""
+
+
+async def _read_secret(value: SecretStr | None, path: Path | None) -> str | None:
+    if path is None:
+        return value.get_secret_value() if value is not None else None
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    except OSError as error:
+        # The file may appear later (systemd credentials, a mounted secret): retry rather than give up.
+        raise RetriableSinkError(f"cannot read secret file {path}: {error.strerror}") from error
+    return text.rstrip("\r\n")
+
+
+def _unreachable(config: InfluxDBOutputConfig, error: BaseException) -> RetriableSinkError:
+    url = config.url
+    if isinstance(error, TimeoutError):
+        return RetriableSinkError(f"InfluxDB at {url} did not answer in time")
+    # aiohttp's connection errors name host and port only, never the request's headers.
+    return RetriableSinkError(f"InfluxDB at {url} is unreachable: {error}")
+
+
+class _V2Transport(_Transport):
+    """``/api/v2/write`` through influxdb-client's async API; its batching WriteApi is not used (we own the buffer)."""
+
+    def __init__(self, config: InfluxDBOutputConfig) -> None:
+        self._config = config
+        # Both enforced by the config model.
+        assert config.bucket is not None
+        assert config.org is not None
+        self._bucket = config.bucket
+        self._org = config.org
+        self.target = f"bucket {config.bucket!r} of org {config.org!r}"
+        self._client: InfluxDBClientAsync | None = None
+        self._write_api: WriteApiAsync | None = None
+
+    async def open(self) -> None:
+        await self.close()
+        token = await _read_secret(self._config.token, self._config.token_file)
+        # The async client must be created inside the running loop; it has no retries of its own.
+        self._client = InfluxDBClientAsync(
+            url=self._config.url,
+            token=token or "",
+            org=self._org,
+            timeout=int(self._config.timeout * 1000),  # milliseconds, for the whole request
+            enable_gzip=self._config.gzip,  # gzips /api/v2/write bodies itself
+            verify_ssl=self._config.verify_tls,
+        )
+        self._write_api = self._client.write_api()
+
+    async def close(self) -> None:
+        client, self._client, self._write_api = self._client, None, None
+        if client is not None:
+            await client.close()  # type: ignore[no-untyped-call]
+
+    async def post(self, body: bytes) -> Rejection | None:
+        if self._write_api is None:
+            await self.open()
+        assert self._write_api is not None
+        try:
+            await self._write_api.write(bucket=self._bucket, org=self._org, record=body, write_precision=_NANOSECONDS)
+        except ApiException as error:
+            if not error.status:  # the client could not even build the request
+                raise FatalSinkError(f"influxdb-client refused the request: {error.reason}") from error
+            headers: Mapping[str, str] = error.headers or {}
+            return Rejection(status=error.status, body=_as_bytes(error.body), retry_after=headers.get("Retry-After"))
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise _unreachable(self._config, error) from error
+        return None
+
+
+def _as_bytes(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    return str(body or "").encode()
+
+
+class _V1Transport(_Transport):
+    """``/write`` of InfluxDB 1.x with aiohttp; credentials go in basic auth, never in the URL."""
+
+    def __init__(self, config: InfluxDBOutputConfig) -> None:
+        self._config = config
+        assert config.database is not None  # enforced by the config model
+        self._database = config.database
+        self.target = f"database {config.database!r}"
+        self._base_url = config.url.rstrip("/")
+        self._session: aiohttp.ClientSession | None = None
+        self._write_params = {"db": config.database, "precision": "ns"}
+        if config.retention_policy:
+            self._write_params["rp"] = config.retention_policy
+
+    async def open(self) -> None:
+        await self.close()
+        password = await _read_secret(self._config.password, self._config.password_file)
+        headers = {}
+        if self._config.username or password:
+            headers["Authorization"] = aiohttp.encode_basic_auth(self._config.username, password or "")
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=self._config.timeout),
+            connector=aiohttp.TCPConnector(ssl=self._config.verify_tls),
+        )
+        if self._config.create_database:
+            try:
+                await self._create_database()
+            except BaseException:
+                await self.close()  # the runner retries open(): do not leak a session per attempt
+                raise
+
+    async def _create_database(self) -> None:
+        assert self._session is not None
+        quoted = self._database.replace("\\", "\\\\").replace('"', '\\"')
+        try:
+            async with self._session.post(
+                f"{self._base_url}/query", data={"q": f'CREATE DATABASE "{quoted}"'}
+            ) as response:
+                body = await response.read()
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise _unreachable(self._config, error) from error
+        if response.status == 401:
+            raise FatalSinkError("InfluxDB rejected the username or password (401)")
+        if response.status >= 500:
+            raise RetriableSinkError(f"InfluxDB could not create {self.target} ({response.status})")
+        if problem := _query_problem(response.status, body):
+            # Often a user without admin rights on an existing database: the writes will tell (404 if missing).
+            log.warning(
+                "influxdb_create_database_failed",
+                database=self._database,
+                status=response.status,
+                message=problem[:_LOGGED_MESSAGE_CHARS],
+            )
+
+    async def close(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    async def post(self, body: bytes) -> Rejection | None:
+        if self._session is None:
+            await self.open()
+        assert self._session is not None
+        headers = {"Content-Type": "text/plain; charset=utf-8"}
+        if self._config.gzip:
+            # Level 1: line protocol compresses well even so, and this runs on the event loop.
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        try:
+            async with self._session.post(
+                f"{self._base_url}/write", params=self._write_params, data=body, headers=headers
+            ) as response:
+                if 200 <= response.status < 300:
+                    return None
+                return Rejection(
+                    status=response.status, body=await response.read(), retry_after=response.headers.get("Retry-After")
+                )
+        except (aiohttp.ClientError, TimeoutError, OSError) as error:
+            raise _unreachable(self._config, error) from error
+
+
+def _query_problem(status: int, body: bytes) -> str | None:
+    """What went wrong with a 1.x /query statement, which answers 200 even when the statement failed."""
+    if status != 200:
+        return f"{status} {Rejection(status=status, body=body).message}"
+    try:
+        results = json.loads(body).get("results", [])
+    except (ValueError, AttributeError):
+        return None
+    for result in results:
+        if isinstance(result, dict) and isinstance(result.get("error"), str):
+            return str(result["error"])
+    return None
+
+
+@dataclass(slots=True)
+class _Delivery:
+    """The outcome of one write() call across all the requests it took."""
+
+    written: int = 0
+    dropped: int = 0
+    rejection_messages: list[str] = field(default_factory=list)
+
+
+class InfluxDBOutput(Output):
+    """Writes batches to InfluxDB 1.x (``api: v1``) or to any ``/api/v2/write`` server (``api: v2``)."""
+
+    name = "influxdb"
+
+    def __init__(self, config: InfluxDBOutputConfig) -> None:
+        self.config = config
+        self._transport: _Transport = _V2Transport(config) if config.api == "v2" else _V1Transport(config)
+
+    def __repr__(self) -> str:
+        return f"InfluxDBOutput(url={self.config.url!r}, api={self.config.api!r}, {self._transport.target})"
+
+    async def open(self) -> None:
+        await self._transport.open()
+
+    async def close(self) -> None:
+        try:
+            await self._transport.close()
+        except Exception as error:  # close() never raises: it runs while shutting down
+            log.warning("influxdb_close_failed", error=repr(error))
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        lines = [(line + "\n").encode() for line in map(to_line, records) if line is not None]
+        delivery = _Delivery(dropped=len(records) - len(lines))  # records with no writable field
+        await self._deliver(lines, delivery)
+        if delivery.rejection_messages:
+            # Once per batch, however many requests it took to isolate the rejected points.
+            log.warning(
+                "influxdb_points_rejected",
+                target=self._transport.target,
+                dropped=delivery.dropped,
+                message=delivery.rejection_messages[0][:_LOGGED_MESSAGE_CHARS],
+                distinct_messages=len(set(delivery.rejection_messages)),
+            )
+        return WriteResult(written=delivery.written, dropped=delivery.dropped)
+
+    async def _deliver(self, lines: list[bytes], delivery: _Delivery) -> None:
+        if not lines:
+            return
+        rejection = await self._transport.post(b"".join(lines))
+        if rejection is None:
+            delivery.written += len(lines)
+            return
+        status = rejection.status
+        if status in (400, 422) and rejection.is_partial_write:
+            # The valid points are stored: resending would only be rejected again.
+            dropped = min(rejection.dropped_count(), len(lines))
+            delivery.written += len(lines) - dropped
+            delivery.dropped += dropped
+            delivery.rejection_messages.append(rejection.message)
+        elif status in (400, 413, 422):
+            if len(lines) == 1:
+                delivery.dropped += 1
+                delivery.rejection_messages.append(f"{status} {rejection.message}")
+                return
+            # 413: too large, so halve. 400/422: something in the batch is bad, so halve to find it;
+            # each level halves the batch, so at most log2(n) levels of requests per bad line.
+            middle = len(lines) // 2
+            await self._deliver(lines[:middle], delivery)
+            await self._deliver(lines[middle:], delivery)
+        else:
+            raise self._error_for(rejection)
+
+    def _error_for(self, rejection: Rejection) -> RetriableSinkError | FatalSinkError:
+        status = rejection.status
+        target = self._transport.target
+        if status in THROTTLING_STATUSES:
+            return RetriableSinkError(
+                f"InfluxDB is throttling or unavailable ({status})", retry_after=rejection.retry_after_seconds()
+            )
+        if status >= 500:
+            return RetriableSinkError(f"InfluxDB failed to write ({status}): {rejection.message[:200]}")
+        if status == 401:
+            what = "token" if self.config.api == "v2" else "username or password"
+            return FatalSinkError(f"InfluxDB rejected the {what} (401)")
+        if status == 403:
+            return FatalSinkError(f"InfluxDB refused to write to {target}: permission denied (403)")
+        if status == 404:
+            return FatalSinkError(f"{target} not found (404): {rejection.message[:200]}")
+        # 405, 406, ...: most likely a wrong URL or API; keep the data until the configuration is fixed.
+        return FatalSinkError(f"InfluxDB answered {status} to a write: {rejection.message[:200]}")
+
+
+def make_output(config: InfluxDBOutputConfig) -> InfluxDBOutput:
+    return InfluxDBOutput(config)

@@ -1,0 +1,245 @@
+"""Watlow Series F4 ramp/soak controller on a temperature chamber (static set point mode).
+
+Register map (0-based protocol addresses; FC03 and FC04 show the same map, FC06/FC16 write):
+
+====  =====================================================  ======================  =====
+reg   meaning                                                type                    write
+====  =====================================================  ======================  =====
+0     model code 5270 ("F4")                                 uint16
+1-2   serial number, high word then low word                 uint16 x 2
+100   input 1 process value (chamber air)                    int16, / 10^[606]
+103   loop 1 output power, heat positive, cool negative      int16, / 100 (%)
+104   input 2 process value (load thermocouple)              int16, / 10^[616]
+200   operating mode: 0 static set point (no profile runs)   uint16
+300   set point 1 (loop 1)                                   int16, / 10^[606]       yes
+319   set point 2 (loop 2; stored, no loop behind it)        int16, / 10^[616]       yes
+600   input 1 sensor type: 0 thermocouple                    uint16
+602   input 1 range low                                      int16, / 10^[606]
+603   input 1 range high                                     int16, / 10^[606]
+606   input 1 decimal places (0..3)                          uint16                  yes
+608   input 1 units class: 0 temperature                     uint16
+610   input 2 sensor type: 0 thermocouple                    uint16
+616   input 2 decimal places (0..3)                          uint16                  yes
+901   temperature scale: 1 degC, 0 degF                      uint16                  yes
+====  =====================================================  ======================  =====
+
+Other addresses up to 901 read 0x0000 (Watlow returns 0 for inactive parameters) and refuse writes with
+exception 02; reads past 901 are exception 02. A set point outside the range 602..603 is exception 03.
+The profile engine (4000 block), the real-time clock and event outputs are not modelled.
+
+Thermal model: the chamber air follows set point 1 as a first-order lag (``time_constant``) whose rate is
+limited by the heater and the refrigeration (``max_heat_rate``, ``max_cool_rate``, degC per second). It is
+integrated in closed form from the model clock on each access, so no background task runs and the result
+does not depend on how often it is read. Output power is +/-100 % while the rate limit holds, then blends
+into the holding power against losses to ambient (about 35 % at 125 degC). Readings carry seeded noise that
+changes once per input sample (10 Hz model time, like the F4's input scan), so FC03 and FC04 of the same
+scan agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+from collections.abc import Mapping
+from typing import Any
+
+from simulators.modbus_server import (
+    IllegalDataValue,
+    ModelClock,
+    RegisterMapDevice,
+    from_i16,
+    to_u16,
+)
+
+MODEL_CODE = 5270
+SENSOR_THERMOCOUPLE = 0
+UNITS_TEMPERATURE = 0
+MODE_STATIC = 0
+SCALE_FAHRENHEIT, SCALE_CELSIUS = 0, 1
+
+INPUT_SAMPLE_PERIOD = 0.1  # model seconds between input scans
+LOSS_POWER_PER_DEGREE = 0.35  # % of heater power needed per degC above ambient to hold temperature
+LOAD_OFFSET = -0.4  # degC: the load thermocouple reads a little below the air near the heater
+
+REG_MODEL, REG_SERIAL_HIGH, REG_SERIAL_LOW = 0, 1, 2
+REG_PV1, REG_POWER1, REG_PV2 = 100, 103, 104
+REG_MODE = 200
+REG_SP1, REG_SP2 = 300, 319
+REG_SENSOR1, REG_RANGE_LOW, REG_RANGE_HIGH, REG_DECIMALS1, REG_UNITS1 = 600, 602, 603, 606, 608
+REG_SENSOR2, REG_DECIMALS2 = 610, 616
+REG_TEMP_SCALE = 901
+
+
+class WatlowF4(RegisterMapDevice):
+    """One F4 controller (one Modbus unit) driving a chamber's air temperature toward set point 1."""
+
+    highest_address = REG_TEMP_SCALE
+    writable_registers = frozenset({REG_SP1, REG_SP2, REG_DECIMALS1, REG_DECIMALS2, REG_TEMP_SCALE})
+
+    def __init__(
+        self,
+        *,
+        unit: int = 1,
+        seed: int = 0,
+        clock: ModelClock | None = None,
+        setpoint: float = 125.0,
+        ambient: float = 23.0,
+        time_constant: float = 60.0,
+        max_heat_rate: float = 5.0 / 60,
+        max_cool_rate: float = 3.0 / 60,
+        range_low: float = -70.0,
+        range_high: float = 180.0,
+        noise: float = 0.05,
+    ) -> None:
+        if time_constant <= 0 or max_heat_rate <= 0 or max_cool_rate <= 0:
+            raise ValueError("time_constant and the heat/cool rates must be positive")
+        if not range_low <= setpoint <= range_high:
+            raise ValueError(f"set point {setpoint} is outside the input range {range_low}..{range_high}")
+        self.unit = unit
+        self.seed = seed
+        self.clock = clock or ModelClock()
+        self.ambient = ambient
+        self.time_constant = time_constant
+        self.max_heat_rate = max_heat_rate
+        self.max_cool_rate = max_cool_rate
+        self.range_low = range_low
+        self.range_high = range_high
+        self.noise = noise
+        self.serial_number = random.Random(f"watlow-f4:{seed}:{unit}:serial").randrange(10_000_000, 99_999_999)
+        self.setpoint1 = setpoint  # degC
+        self.setpoint2 = ambient
+        self.decimals1 = 1
+        self.decimals2 = 1
+        self.temperature_scale = SCALE_CELSIUS
+        self._air = ambient  # degC, noiseless
+        self._model_time = self.clock.now()
+
+    # -- thermal model
+
+    @property
+    def air_temperature(self) -> float:
+        """The noiseless chamber air temperature now, in degC."""
+        self._advance()
+        return self._air
+
+    def _advance(self) -> None:
+        """Integrate the air temperature up to now: a rate-limited ramp, then an exponential approach."""
+        now = self.clock.now()
+        elapsed = now - self._model_time
+        if elapsed <= 0:
+            return
+        self._model_time = now
+        error = self.setpoint1 - self._air
+        max_rate = self.max_heat_rate if error > 0 else self.max_cool_rate
+        # Below this error the proportional demand error/tau no longer exceeds what the plant can deliver.
+        knee = self.time_constant * max_rate
+        if abs(error) > knee:
+            saturated_time = (abs(error) - knee) / max_rate
+            if elapsed <= saturated_time:
+                self._air += math.copysign(max_rate * elapsed, error)
+                return
+            elapsed -= saturated_time
+            error = math.copysign(knee, error)
+        self._air = self.setpoint1 - error * math.exp(-elapsed / self.time_constant)
+
+    def _output_power(self) -> float:
+        """Loop 1 output in %, heat positive: full heat or cool while the ramp is rate-limited, blending
+        into the holding power against losses to ambient as the error closes."""
+        error = self.setpoint1 - self._air
+        max_rate = self.max_heat_rate if error > 0 else self.max_cool_rate
+        saturation = min(1.0, abs(error) / (self.time_constant * max_rate))
+        holding = max(-100.0, min(100.0, LOSS_POWER_PER_DEGREE * (self._air - self.ambient)))
+        full = math.copysign(100.0, error)
+        return holding + (full - holding) * saturation
+
+    # -- registers
+
+    def _to_display(self, celsius: float) -> float:
+        return celsius if self.temperature_scale == SCALE_CELSIUS else celsius * 9 / 5 + 32
+
+    def _from_display(self, value: float) -> float:
+        return value if self.temperature_scale == SCALE_CELSIUS else (value - 32) * 5 / 9
+
+    def _scaled(self, celsius: float, decimals: int) -> int:
+        return to_u16(self._to_display(celsius) * 10**decimals)
+
+    def register_values(self) -> Mapping[int, int]:
+        self._advance()
+        scan = random.Random(f"watlow-f4:{self.seed}:{self.unit}:{math.floor(self._model_time / INPUT_SAMPLE_PERIOD)}")
+
+        def noise(amplitude: float) -> float:
+            return max(-amplitude, min(amplitude, scan.gauss(0.0, amplitude / 2)))
+
+        air = self._air + noise(self.noise)
+        load = self._air + LOAD_OFFSET + noise(self.noise)
+        power = self._output_power()
+        if abs(power) < 100.0:  # a saturated output reads exactly +/-100 %
+            power = max(-100.0, min(100.0, power + noise(0.2)))
+        return {
+            REG_MODEL: MODEL_CODE,
+            REG_SERIAL_HIGH: self.serial_number >> 16,
+            REG_SERIAL_LOW: self.serial_number & 0xFFFF,
+            REG_PV1: self._scaled(air, self.decimals1),
+            REG_POWER1: to_u16(100 * power),
+            REG_PV2: self._scaled(load, self.decimals2),
+            REG_MODE: MODE_STATIC,
+            REG_SP1: self._scaled(self.setpoint1, self.decimals1),
+            REG_SP2: self._scaled(self.setpoint2, self.decimals2),
+            REG_SENSOR1: SENSOR_THERMOCOUPLE,
+            REG_RANGE_LOW: self._scaled(self.range_low, self.decimals1),
+            REG_RANGE_HIGH: self._scaled(self.range_high, self.decimals1),
+            REG_DECIMALS1: self.decimals1,
+            REG_UNITS1: UNITS_TEMPERATURE,
+            REG_SENSOR2: SENSOR_THERMOCOUPLE,
+            REG_DECIMALS2: self.decimals2,
+            REG_TEMP_SCALE: self.temperature_scale,
+        }
+
+    def _setpoint_from_register(self, register: int, decimals: int) -> float:
+        return self._from_display(from_i16(register) / 10**decimals)
+
+    def check_write(self, address: int, value: int) -> None:
+        if address in (REG_SP1, REG_SP2):
+            decimals = self.decimals1 if address == REG_SP1 else self.decimals2
+            celsius = self._setpoint_from_register(value, decimals)
+            # Compare on the register's resolution so the range limits themselves are accepted.
+            tolerance = 0.5 / 10**decimals
+            if not self.range_low - tolerance <= celsius <= self.range_high + tolerance:
+                raise IllegalDataValue(f"set point {celsius:.2f} degC outside {self.range_low}..{self.range_high}")
+        elif address in (REG_DECIMALS1, REG_DECIMALS2):
+            if value > 3:
+                raise IllegalDataValue("decimal places are 0..3")
+        elif address == REG_TEMP_SCALE and value not in (SCALE_FAHRENHEIT, SCALE_CELSIUS):
+            raise IllegalDataValue("temperature scale is 0 (degF) or 1 (degC)")
+
+    def apply_write(self, address: int, value: int) -> None:
+        # Integrate up to now under the old set point before the new one takes effect.
+        self._advance()
+        if address == REG_SP1:
+            self.setpoint1 = self._setpoint_from_register(value, self.decimals1)
+        elif address == REG_SP2:
+            self.setpoint2 = self._setpoint_from_register(value, self.decimals2)
+        elif address == REG_DECIMALS1:
+            self.decimals1 = value
+        elif address == REG_DECIMALS2:
+            self.decimals2 = value
+        elif address == REG_TEMP_SCALE:
+            self.temperature_scale = value
+
+
+# -- CLI glue, used by the registry
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--setpoint", type=float, default=125.0, help="initial set point 1 in degC (default 125.0: HTOL)"
+    )
+    parser.add_argument("--ambient", type=float, default=23.0, help="start and ambient temperature, degC")
+    parser.add_argument(
+        "--time-constant", type=float, default=60.0, help="first-order lag of the chamber air, model seconds"
+    )
+
+
+def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"setpoint": args.setpoint, "ambient": args.ambient, "time_constant": args.time_constant}

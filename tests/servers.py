@@ -1,0 +1,267 @@
+"""Real servers for integration tests: InfluxDB 1.x (``influxd``) and VictoriaMetrics.
+
+Each runs as a child process on free loopback ports, with its data in a folder of its own, and is stopped with
+SIGTERM. ``start()`` and ``stop()`` block (they are meant for fixtures, or ``asyncio.to_thread`` in a test);
+the read-back helpers are coroutines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Self
+
+import aiohttp
+
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+
+
+class ServerBinaryMissingError(RuntimeError):
+    """The server's program is not installed: the tests that need it must fail, not be skipped."""
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now (the server may still lose a race for it: start() retries)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def missing_binary(name: str, debian_package: str) -> str | None:
+    """Why the server cannot run here, or None if its program is installed."""
+    if shutil.which(name) is not None:
+        return None
+    return (
+        f"{name!r} is not on PATH: install the Debian package {debian_package!r} "
+        f"(apt-get install {debian_package}); these integration tests need the real server"
+    )
+
+
+def find_binary(name: str, debian_package: str) -> str:
+    if problem := missing_binary(name, debian_package):
+        raise ServerBinaryMissingError(problem)
+    path = shutil.which(name)
+    assert path is not None
+    return path
+
+
+class _ServerProcess:
+    """A server child process: started, awaited until its health URL answers, stopped with SIGTERM."""
+
+    name = "server"
+    debian_package = ""
+    health_path = "/health"
+    health_status = 200
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / f"{self.name}.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+
+    def start(self) -> None:
+        """Start on the ports chosen at the first start (so a restart keeps the URL), or on new free ones."""
+        attempts = 1 if self.port else 3
+        for attempt in range(attempts):
+            if not self.port or attempt:
+                self._choose_ports()
+            if self._try_start():
+                return
+        raise RuntimeError(f"{self.name} did not start; last lines of {self.log_path}:\n{self._log_tail()}")
+
+    def _try_start(self) -> bool:
+        with self.log_path.open("ab") as log_file:
+            self._process = subprocess.Popen(
+                self._command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:  # exited: most likely a port taken in the meantime
+                return False
+            if self._health_status() == self.health_status:
+                return True
+            time.sleep(0.05)
+        self.stop()
+        return False
+
+    def _health_status(self) -> int | None:
+        try:
+            with urllib.request.urlopen(self.url + self.health_path, timeout=1) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+        except OSError:
+            return None
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class InfluxDBv1Server(_ServerProcess):
+    """InfluxDB 1.x (Debian's 1.6.7: ``/write`` only), optionally with authentication enabled."""
+
+    name = "influxd"
+    debian_package = "influxdb"
+    health_path = "/ping"
+    health_status = 204
+
+    def __init__(self, root: Path, *, auth_enabled: bool = False) -> None:
+        self.binary = find_binary(self.name, self.debian_package)
+        super().__init__(root)
+        self.auth_enabled = auth_enabled
+        self.rpc_port = 0
+        self.config_path = root / "influxdb.conf"
+
+    def _choose_ports(self) -> None:
+        self.port = free_port()
+        self.rpc_port = free_port()
+
+    def _command(self) -> list[str]:
+        data = self.root / "data"
+        # influxd also binds the backup/restore RPC port (top-level bind-address): it must be free too.
+        self.config_path.write_text(
+            f"""\
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+
+[meta]
+  dir = "{data / "meta"}"
+
+[data]
+  dir = "{data / "data"}"
+  wal-dir = "{data / "wal"}"
+  query-log-enabled = false
+
+[monitor]
+  store-enabled = false
+
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = {"true" if self.auth_enabled else "false"}
+  log-enabled = false
+
+[logging]
+  level = "warn"
+  suppress-logo = true
+"""
+        )
+        return [self.binary, "-config", str(self.config_path)]
+
+    async def query(
+        self, statement: str, *, database: str | None = None, authorization: str | None = None
+    ) -> dict[str, Any]:
+        """Run one InfluxQL statement (POST /query, timestamps as ns integers); raise if it failed."""
+        params = {"epoch": "ns"}
+        if database is not None:
+            params["db"] = database
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": authorization} if authorization else None) as session,
+            session.post(f"{self.url}/query", params=params, data={"q": statement}) as response,
+        ):
+            document: dict[str, Any] = await response.json(content_type=None)
+        if response.status != 200:
+            raise AssertionError(f"{statement!r} failed with {response.status}: {document}")
+        result: dict[str, Any] = document["results"][0]
+        if "error" in result:
+            raise AssertionError(f"{statement!r} failed: {result['error']}")
+        return result
+
+    async def select(self, statement: str, *, database: str, authorization: str | None = None) -> list[dict[str, Any]]:
+        """The rows of a SELECT as dicts ``{column: value}`` (with ``time`` in ns), in the server's order."""
+        result = await self.query(statement, database=database, authorization=authorization)
+        rows: list[dict[str, Any]] = []
+        for series in result.get("series", []):
+            tags = series.get("tags", {})
+            rows.extend({**tags, **dict(zip(series["columns"], values, strict=True))} for values in series["values"])
+        return rows
+
+    async def databases(self) -> set[str]:
+        result = await self.query("SHOW DATABASES")
+        return {values[0] for series in result.get("series", []) for values in series["values"]}
+
+
+class VictoriaMetricsServer(_ServerProcess):
+    """Single-node VictoriaMetrics: accepts ``/api/v2/write``; read back with ``/api/v1/export``."""
+
+    name = "victoria-metrics"
+    debian_package = "victoria-metrics"
+
+    def __init__(self, root: Path) -> None:
+        self.binary = find_binary(self.name, self.debian_package)
+        super().__init__(root)
+
+    def _command(self) -> list[str]:
+        return [
+            self.binary,
+            f"-storageDataPath={self.root / 'data'}",
+            f"-httpListenAddr=127.0.0.1:{self.port}",
+            # InfluxDB-like last-write-wins for replays of the same point (VM keeps duplicates otherwise).
+            "-dedup.minScrapeInterval=1ms",
+            "-loggerLevel=ERROR",
+        ]
+
+    async def export(self, match: str, *, min_samples: int = 1, within: float = 15.0) -> list[dict[str, Any]]:
+        """The series matching ``match`` (a series selector) once at least ``min_samples`` samples are visible.
+
+        Each series is ``{"metric": {labels}, "values": [...], "timestamps": [ms, ...]}``. Samples become
+        visible a little after ``/internal/force_flush``, so this polls for up to ``within`` seconds.
+        """
+        deadline = time.monotonic() + within
+        async with aiohttp.ClientSession() as session:
+            while True:
+                async with session.get(f"{self.url}/internal/force_flush") as response:
+                    response.raise_for_status()
+                async with session.get(f"{self.url}/api/v1/export", params={"match[]": match}) as response:
+                    response.raise_for_status()
+                    text = await response.text()
+                series = [json.loads(line) for line in text.splitlines() if line.strip()]
+                if sum(len(item["values"]) for item in series) >= min_samples:
+                    return series
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"fewer than {min_samples} samples for {match} after {within} s: {series}")
+                await asyncio.sleep(0.2)
