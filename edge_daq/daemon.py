@@ -118,9 +118,7 @@ class Daemon:
             config_hash=self.config.hash[:12],
         )
         async with asyncio.TaskGroup() as group:
-            delivery = [
-                group.create_task(runner.run(), name=f"output {runner.output.name}") for runner in self.runners
-            ]
+            delivery = [group.create_task(runner.run(), name=f"output {runner.output.name}") for runner in self.runners]
             acquisition = group.create_task(self._acquire(self.schedulers), name="acquisition")
             summary = group.create_task(self._log_summaries(), name="summaries")
             self.running.set()

@@ -109,6 +109,7 @@ class LinkScheduler:
             scheduled.next_due = start
             queue.append((start, index))
         heapq.heapify(queue)
+        task = asyncio.current_task()
         try:
             while True:
                 due, index = queue[0]
@@ -117,6 +118,11 @@ class LinkScheduler:
                 heapq.heappop(queue)
                 scheduled = self.instruments[index]
                 await self._cycle(scheduled, due)
+                if task is not None and task.cancelling():
+                    # Python 3.11's asyncio.wait_for (used inside pymodbus) returns the reply instead of
+                    # raising when a cancellation and the reply arrive together: honour the cancellation here,
+                    # or shutdown would wait for this task forever.
+                    raise asyncio.CancelledError
                 heapq.heappush(queue, (scheduled.next_due, index))
         finally:
             await self.link.close()

@@ -120,6 +120,15 @@ def compile_register_point(point: ModbusPoint, *, register_offset: int, byte_ord
 
     scale = 1.0 if point.scale is None else point.scale
     offset = 0.0 if point.offset is None else point.offset
+    divisor = round(1.0 / scale) if scale else 0
+    if divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12):
+        # scale: 0.1 or 0.001 as a division gives 330.0 / 1000 == 0.33, where 330 * 0.001 gives 0.33000000000000002.
+
+        def decode_divided(big: bytes, little: bytes) -> FieldValue | None:
+            value = unpack(little if swapped else big, byte_offset)[0] / divisor + offset
+            return value if math.isfinite(value) else None
+
+        return decode_divided
 
     def decode_scaled(big: bytes, little: bytes) -> FieldValue | None:
         value = unpack(little if swapped else big, byte_offset)[0] * scale + offset

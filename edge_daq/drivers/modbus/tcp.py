@@ -25,7 +25,8 @@ How pymodbus 3.16 is driven, and why (checked against its source, ``transaction/
   unit behind a gateway would cut off its neighbours; that counter is set out of reach, the scheduler decides.
 - The response timeout is pymodbus's own (``comm_params.timeout_connect`` of its transaction manager, read
   at every connect and every response wait, there is no per-call argument), set to the polling instrument's
-  ``timeout`` before each request, under the link's lock. No outer cancellation is needed; a wider ``asyncio.timeout`` is only a safety net.
+  ``timeout`` before each request, under the link's lock. No outer cancellation is needed; a wider
+  ``asyncio.timeout`` is only a safety net.
 - A reply that arrives after its request timed out cannot be taken for the next request's reply: the socket
   framer skips any frame whose MBAP transaction id differs from the pending request's (devices that answer
   with transaction id 0 are the exception pymodbus makes), and a reply with no pending request is dropped.

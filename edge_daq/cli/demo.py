@@ -1,0 +1,174 @@
+"""``edge-daq demo``: simulated instruments, the daemon and a live table of the latest values.
+
+The demo loads the example gateway file, starts a simulator for every instrument whose profile has one (on
+the instrument's own loopback address), and sends the records to line-protocol files in a local folder
+instead of the configured outputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import signal
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from edge_daq.buffer.ring import RingReader
+from edge_daq.config.loader import LoadedConfig, load_config, shipped_profiles_folder
+from edge_daq.config.models import OutputsConfig
+from edge_daq.daemon import Daemon
+from edge_daq.errors import ConfigError
+from edge_daq.logs import configure_logging
+from edge_daq.record import FieldValue, Record
+from edge_daq.scheduling import STATUS_MEASUREMENT
+from edge_daq.sinks.file import FileOutputConfig
+
+# Profiles whose instruments the demo can simulate, and the simulator kind for each.
+SIMULATED_PROFILES = {"watlow-f4": "watlow-f4", "burnin-board": "burnin-board"}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TIME_SCALE = 10.0  # the chamber ramps ten times faster than a real one, so the demo shows movement
+SHOWN_FIELDS = 8
+
+
+def run_demo(*, config: Path | None, out: Path, duration: float | None, live: bool) -> int:
+    config_path = config or shipped_profiles_folder().parent / "edge-daq.yaml"
+    try:
+        loaded = load_config(config_path)
+    except ConfigError as error:
+        for issue in error.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    gateway = loaded.gateway.model_copy(update={"outputs": OutputsConfig(file=FileOutputConfig(dir=out.resolve()))})
+    loaded = dataclasses.replace(loaded, gateway=gateway)
+    console = Console()
+    live = live and console.is_terminal
+    # Logs go to stderr in colour; the live table owns stdout.
+    configure_logging("warning" if live else "info", json=False)
+    return asyncio.run(_demo(loaded, out.resolve(), duration, live, console))
+
+
+async def _demo(config: LoadedConfig, out: Path, duration: float | None, live: bool, console: Console) -> int:
+    from simulators import serve  # test-bench tooling: only the demo and `simulate` import it
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+
+    endpoints: dict[tuple[str, int], tuple[str, set[int]]] = {}
+    for rig in config.rigs:
+        for instrument in rig.instruments:
+            kind = SIMULATED_PROFILES.get(instrument.profile or "")
+            host, port, unit = (getattr(instrument, key, None) for key in ("host", "port", "unit"))
+            if kind and host in LOOPBACK and isinstance(port, int) and isinstance(unit, int):
+                endpoints.setdefault((host, port), (kind, set()))[1].add(unit)
+
+    async with contextlib.AsyncExitStack() as stack:
+        for (host, port), (kind, units) in endpoints.items():
+            try:
+                await stack.enter_async_context(
+                    serve(kind, host=host, port=port, seed=7, units=sorted(units), time_scale=TIME_SCALE)
+                )
+            except OSError as error:
+                console.print(f"cannot start the simulated {kind} on {host}:{port}: {error.strerror}")
+                console.print("is another demo or simulator running? stop it, or edit the ports in the rig file")
+                return 1
+            console.print(f"simulated {kind} on {host}:{port} (units {', '.join(map(str, sorted(units)))})")
+        daemon = Daemon(config)
+        view = LatestValues(daemon.ring.reader("demo-view"))
+        console.print(f"writing line protocol to {out}/  (Ctrl-C stops)")
+        async with asyncio.TaskGroup() as group:
+            run = group.create_task(daemon.run(stop), name="daemon")
+            group.create_task(view.follow(stop), name="demo view")
+            group.create_task(_show(view, daemon, stop, live, console), name="demo display")
+            if duration is not None:
+                group.create_task(_stop_after(duration, stop), name="demo timer")
+        report = run.result()
+    delivered = sum(stats.delivered for stats in daemon.stats.outputs)
+    console.print(f"{delivered} records written to {out}/")
+    console.print(f"import them with: influx write --bucket BUCKET --precision ns --file {out}/<file>.lp")
+    return 0 if report.complete else 1
+
+
+async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    stop.set()
+
+
+class LatestValues:
+    """Follows the ring like an output does and keeps the latest record of every instrument."""
+
+    def __init__(self, reader: RingReader) -> None:
+        self.reader = reader
+        self.latest: dict[tuple[str, str], Record] = {}
+        self.status: dict[tuple[str, str], Record] = {}
+        self.records = 0
+
+    async def follow(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.reader.wait(1, max_wait=0.5)
+            batch = self.reader.read(10_000)
+            for record in batch.records:
+                key = (record.tags.get("rig", ""), record.tags.get("instrument", ""))
+                target = self.status if record.measurement == STATUS_MEASUREMENT else self.latest
+                target[key] = record
+            self.records += len(batch.records)
+            self.reader.commit(batch)
+
+
+def _format(value: FieldValue) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(view: LatestValues, daemon: Daemon) -> Group:
+    table = Table(title="edge-daq demo: latest values", expand=True)
+    for column in ("rig", "instrument", "state", "polls", "age", "values"):
+        table.add_column(column, overflow="fold")
+    now = time.time_ns()
+    for stats in daemon.stats.instruments:
+        key = (stats.rig, stats.instrument)
+        record = view.latest.get(key)
+        state = Text("up", style="green") if stats.up else Text(stats.last_error or "waiting", style="red")
+        if record is None:
+            table.add_row(stats.rig, stats.instrument, state, str(stats.polls), "-", "")
+            continue
+        shown = list(record.fields.items())[:SHOWN_FIELDS]
+        values = "  ".join(f"{name}={_format(value)}" for name, value in shown)
+        if len(record.fields) > SHOWN_FIELDS:
+            values += f"  (+{len(record.fields) - SHOWN_FIELDS} more)"
+        age = f"{(now - record.time_ns) / 1e9:.1f}s"
+        table.add_row(stats.rig, stats.instrument, state, str(stats.polls), age, values)
+    outputs = "  ".join(
+        f"{stats.output}: {stats.delivered} delivered, {stats.retries} retries" for stats in daemon.stats.outputs
+    )
+    return Group(table, Text(outputs))
+
+
+async def _show(view: LatestValues, daemon: Daemon, stop: asyncio.Event, live: bool, console: Console) -> None:
+    if live:
+        with Live(_table(view, daemon), console=console, refresh_per_second=4) as screen:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                screen.update(_table(view, daemon))
+        return
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 5.0)
+        console.print(
+            f"{view.records} records; latest: "
+            + ", ".join(
+                f"{instrument} {_format(next(iter(record.fields.values())))}"
+                for (_, instrument), record in view.latest.items()
+            )
+        )

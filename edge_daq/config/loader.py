@@ -1,0 +1,616 @@
+"""Load the gateway file, its profiles and its rig files, and report every problem at its YAML node.
+
+The loader reads each file with :mod:`edge_daq.config.yaml_loader` (data that remembers its positions),
+merges profiles into instruments, validates with the pydantic models, maps each validation error back to
+the ``path:line:column`` of the offending key or value, and finally runs the checks that only the whole
+gateway can make (duplicate rigs, shared serial ports, overlapping register reads). Nothing stops at the
+first problem: :class:`~edge_daq.errors.ConfigError` carries all of them, sorted by file and line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+import types
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import ErrorDetails
+
+import edge_daq
+from edge_daq import drivers
+from edge_daq.config.models import AnyInstrument, GatewayConfig, PathList, RigConfig
+from edge_daq.config.yaml_loader import LocatedDict, LocatedList, Mark, YamlDocument, read_yaml
+from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig
+from edge_daq.drivers.modbus.config import ModbusInstrumentConfig
+from edge_daq.errors import ConfigError, ConfigIssue
+
+SECRET_KEYS = frozenset({"token", "password"})
+SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
+DEFAULT_RIGS_FOLDER = "rigs.d"
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_NAME_MESSAGE = "expected a name of letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+_INSTRUMENT: TypeAdapter[InstrumentConfig] = TypeAdapter(AnyInstrument)
+_PATHS: TypeAdapter[list[Path]] = TypeAdapter(PathList)
+# Errors that are about a key being there, so they point at the key rather than its value.
+_KEY_ERRORS = frozenset({"extra_forbidden", "not_available"})
+_TYPE_MESSAGES = {
+    "int_type": "expected an integer",
+    "int_parsing": "expected an integer",
+    "int_from_float": "expected an integer",
+    "float_type": "expected a number",
+    "float_parsing": "expected a number",
+    "bool_type": "expected true or false",
+    "bool_parsing": "expected true or false",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping (key: value lines)",
+    "model_type": "expected a mapping (key: value lines)",
+    "model_attributes_type": "expected a mapping (key: value lines)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedConfig:
+    """A gateway configuration that passed every check."""
+
+    gateway: GatewayConfig
+    rigs: list[RigConfig]  # instruments merged with their profiles and validated by their driver's model
+    path: Path
+    files: list[Path]  # every file read, in reading order
+    hash: str  # sha256 over the parsed content of every file: unchanged by comments and layout
+
+
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    issues: list[ConfigIssue]
+    files: list[Path]
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedInstrument:
+    """A validated instrument with the YAML mapping it came from (after the profile merge), for positions."""
+
+    config: InstrumentConfig
+    source: LocatedDict
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    values: LocatedDict  # every key of the profile file except `profile`
+    mark: Mark  # the profile's name in its file
+
+
+def shipped_profiles_folder() -> Path:
+    """The profiles shipped with edge-daq: inside the wheel, or ``config/profiles`` of an editable install."""
+    package = Path(edge_daq.__file__).parent
+    installed = package / "_shipped_config" / "profiles"
+    return installed if installed.is_dir() else package.parent / "config" / "profiles"
+
+
+def load_config(gateway_path: Path) -> LoadedConfig:
+    """Load a gateway file and everything it refers to; raise ConfigError with every issue found."""
+    session = _Session()
+    document = session.read(gateway_path)
+    loaded = None
+    if session.kind(document, expected="gateway") == "gateway":
+        loaded = session.load_gateway(document)
+    issues = session.sorted_issues()
+    if issues or loaded is None:
+        raise ConfigError(issues)
+    return loaded
+
+
+def check_files(paths: Sequence[Path]) -> list[ConfigIssue]:
+    """Every issue in these gateway, rig or profile files, as ``edge-daq check`` reports them."""
+    return check_config(paths).issues
+
+
+def check_config(paths: Sequence[Path]) -> CheckResult:
+    """Check gateway files (with their rigs), rig files (with the shipped profiles) and profile files.
+
+    A rig file that one of the gateways already includes is checked once, as part of that gateway.
+    """
+    session = _Session()
+    lone_rigs: list[YamlDocument] = []
+    for path in paths:
+        document = session.read(path)
+        kind = session.kind(document, expected=None)
+        if kind == "gateway":
+            session.load_gateway(document)
+        elif kind == "rig" and document not in lone_rigs:
+            lone_rigs.append(document)
+        elif kind == "profile":
+            session.check_profile_document(document)
+    lone_rigs = [document for document in lone_rigs if document not in session.gateway_rigs]
+    if lone_rigs:
+        profiles = session.load_profiles([(shipped_profiles_folder(), None)])
+        session.load_rigs(lone_rigs, profiles)
+    return CheckResult(session.sorted_issues(), [document.path for document in session.documents.values()])
+
+
+@dataclass
+class _Session:
+    """One loading pass: every file read once, every issue collected."""
+
+    documents: dict[Path, YamlDocument] = field(default_factory=dict)
+    read_issues: list[ConfigIssue] = field(default_factory=list)
+    issues: list[ConfigIssue] = field(default_factory=list)
+    gateway_rigs: list[YamlDocument] = field(default_factory=list)
+
+    def read(self, path: Path) -> YamlDocument:
+        key = path.resolve()
+        if key not in self.documents:
+            self.documents[key] = document = read_yaml(path)
+            self.read_issues.extend(document.issues)
+        return self.documents[key]
+
+    def sorted_issues(self) -> list[ConfigIssue]:
+        # A value the reader already complained about (a missing ${VARIABLE}) would fail validation too.
+        read_positions = {(issue.path, issue.line, issue.column) for issue in self.read_issues}
+        follow_ups = [issue for issue in self.issues if (issue.path, issue.line, issue.column) not in read_positions]
+        unique = dict.fromkeys([*self.read_issues, *follow_ups])
+        return sorted(unique, key=lambda issue: (issue.path, issue.line, issue.column))
+
+    def kind(self, document: YamlDocument, expected: str | None) -> str | None:
+        """``gateway``, ``rig`` or ``profile`` by the file's identifying key; reports a file that has none."""
+        if document.data is None:
+            return None
+        if isinstance(document.data, LocatedDict):
+            for kind in ("gateway", "rig", "profile"):
+                if kind in document.data and expected in (None, kind):
+                    return kind
+        wanted = f"a {expected}: key" if expected else "a gateway:, rig: or profile: key"
+        self.issues.append(document.start.issue(f"not an edge-daq {expected or 'config'} file: expected {wanted}"))
+        return None
+
+    def load_gateway(self, document: YamlDocument) -> LoadedConfig | None:
+        data: LocatedDict = document.data
+        gateway = self.validate(GatewayConfig, data)
+        here = document.path.parent
+        profile_folders = [(shipped_profiles_folder(), None), *self._listed_paths(data, "profiles", here)]
+        profiles = self.load_profiles(profile_folders)
+        rig_documents = self._rig_documents(data, here)
+        self.gateway_rigs.extend(rig_documents)
+        rigs = self.load_rigs(rig_documents, profiles)
+        if gateway is None or rigs is None:
+            return None
+        documents = list(self.documents.values())
+        return LoadedConfig(
+            gateway=gateway,
+            rigs=rigs,
+            path=document.path,
+            files=[doc.path for doc in documents],
+            hash=_content_hash(doc.data for doc in documents),
+        )
+
+    def validate(self, model: type[_Model], data: LocatedDict) -> _Model | None:
+        try:
+            return model.model_validate(data)
+        except ValidationError as error:
+            self.issues.extend(validation_issues(error.errors(), data, data.mark, root=model))
+            return None
+
+    def load_profiles(self, folders: Sequence[tuple[Path, Mark | None]]) -> dict[str, Profile]:
+        """Profiles by name; a later folder overrides an earlier one (the shipped folder comes first)."""
+        profiles: dict[str, Profile] = {}
+        for folder, mark in folders:
+            in_folder: dict[str, Profile] = {}
+            for path in self._yaml_files(folder, mark, what="profile folder"):
+                profile = self._parse_profile(self.read(path))
+                if profile is None:
+                    continue
+                if (earlier := in_folder.get(profile.name)) is not None:
+                    self.issues.append(
+                        profile.mark.issue(f"profile {profile.name!r} is also defined at {earlier.mark}")
+                    )
+                in_folder[profile.name] = profile
+            profiles.update(in_folder)
+        return profiles
+
+    def check_profile_document(self, document: YamlDocument) -> None:
+        """Validate a profile file on its own; the keys each instrument must add (host, ...) may be missing."""
+        profile = self._parse_profile(document)
+        if profile is None:
+            return
+        sample = LocatedDict(profile.values.mark)
+        sample["name"] = profile.name
+        for key in profile.values:
+            sample.take(profile.values, key)
+        try:
+            _INSTRUMENT.validate_python(sample)
+        except ValidationError as error:
+            errors = [e for e in error.errors() if e["type"] not in ("missing", "union_tag_not_found")]
+            self.issues.extend(validation_issues(errors, sample, sample.mark, root=AnyInstrument))
+
+    def load_rigs(self, documents: Sequence[YamlDocument], profiles: dict[str, Profile]) -> list[RigConfig] | None:
+        """Validate rig files together, with the checks across them; None if any issue was found."""
+        rigs: list[RigConfig] = []
+        placed: list[PlacedInstrument] = []
+        rig_names: list[tuple[str, Mark]] = []
+        all_valid = True
+        for document in documents:
+            data: LocatedDict = document.data
+            if isinstance(data.get("rig"), str):
+                rig_names.append((data["rig"], data.value_mark("rig")))
+            rig, rig_placed = self._load_rig(data, profiles)
+            placed.extend(rig_placed)
+            if rig is None:
+                all_valid = False
+            else:
+                rigs.append(rig)
+        cross_issues = [
+            *check_duplicate_rigs(rig_names),
+            *check_serial_ports(placed),
+            *check_register_overlaps(placed),
+        ]
+        self.issues.extend(cross_issues)
+        return rigs if all_valid and not cross_issues else None
+
+    def _load_rig(
+        self, data: LocatedDict, profiles: dict[str, Profile]
+    ) -> tuple[RigConfig | None, list[PlacedInstrument]]:
+        raw_instruments = data.get("instruments")
+        if not isinstance(raw_instruments, LocatedList):
+            return self.validate(RigConfig, data), []  # pydantic reports a missing or malformed list
+        sources = [self._apply_profile(item, profiles) for item in raw_instruments]
+        self.issues.extend(check_duplicate_instruments(sources))
+        configs: list[InstrumentConfig] = []
+        placed: list[PlacedInstrument] = []
+        for source, mark in zip(sources, raw_instruments.item_marks, strict=True):
+            if source is None:
+                continue
+            try:
+                config = _INSTRUMENT.validate_python(source)
+            except ValidationError as error:
+                self.issues.extend(validation_issues(error.errors(), source, mark, root=AnyInstrument))
+                continue
+            assert isinstance(source, LocatedDict)  # a valid instrument was a mapping
+            configs.append(config)
+            placed.append(PlacedInstrument(config, source))
+        # The instruments are validated one by one above, so that the valid ones still take part in the
+        # cross checks; the rig model accepts the validated instances as they are.
+        rig_input = LocatedDict(data.mark)
+        for key in data:
+            rig_input.take(data, key)
+        rig_input["instruments"] = configs
+        rig = self.validate(RigConfig, rig_input)
+        return (rig if len(configs) == len(raw_instruments) else None), placed
+
+    def _apply_profile(self, item: object, profiles: dict[str, Profile]) -> object | None:
+        """The instrument with every key of its profile that it does not give itself; None if unknown."""
+        if not isinstance(item, LocatedDict) or not isinstance(item.get("profile"), str):
+            return item
+        name = item["profile"]
+        profile = profiles.get(name)
+        if profile is None:
+            message = (
+                f"unknown profile {name!r}{_suggestion(name, profiles)}; known profiles: {', '.join(sorted(profiles))}"
+            )
+            self.issues.append(item.value_mark("profile").issue(message))
+            return None
+        merged = LocatedDict(item.mark)
+        for source in (profile.values, item):
+            for key in source:
+                merged.take(source, key)
+        return merged
+
+    def _parse_profile(self, document: YamlDocument) -> Profile | None:
+        data = document.data
+        if data is None:
+            return None
+        if not isinstance(data, LocatedDict) or "profile" not in data:
+            self.issues.append(document.start.issue("not a profile file: expected a profile: key"))
+            return None
+        name = data["profile"]
+        if not isinstance(name, str) or not re.fullmatch(NAME_PATTERN, name):
+            self.issues.append(data.value_mark("profile").issue(_NAME_MESSAGE))
+            return None
+        if "name" in data:
+            self.issues.append(data.key_mark("name").issue("a profile cannot set name: each instrument names itself"))
+        values = LocatedDict(data.mark)
+        for key in data:
+            if key not in ("profile", "name"):
+                values.take(data, key)
+        return Profile(name, values, data.value_mark("profile"))
+
+    def _listed_paths(self, data: LocatedDict, key: str, here: Path) -> list[tuple[Path, Mark | None]]:
+        """The paths under ``key``, relative to ``here``, each with its position in the file."""
+        raw = data.get(key)
+        if raw is None:
+            return []
+        try:
+            paths = _PATHS.validate_python(raw)
+        except ValidationError:
+            return []  # GatewayConfig reports it
+        marks = raw.item_marks if isinstance(raw, LocatedList) else [data.value_mark(key)]
+        return [(here / path, mark) for path, mark in zip(paths, marks, strict=True)]
+
+    def _rig_documents(self, data: LocatedDict, here: Path) -> list[YamlDocument]:
+        if data.get("rigs") is None:
+            default = here / DEFAULT_RIGS_FOLDER
+            entries: list[tuple[Path, Mark | None]] = [(default, None)] if default.is_dir() else []
+        else:
+            entries = self._listed_paths(data, "rigs", here)
+        documents: list[YamlDocument] = []
+        for path, mark in entries:
+            if not path.exists():
+                if mark is not None:
+                    self.issues.append(mark.issue(f"no such file or folder: {path}"))
+                continue
+            for rig_path in self._yaml_files(path, mark, what="rig folder") if path.is_dir() else [path]:
+                document = self.read(rig_path)
+                if self.kind(document, expected="rig") == "rig" and document not in documents:
+                    documents.append(document)
+        return documents
+
+    def _yaml_files(self, folder: Path, mark: Mark | None, what: str) -> list[Path]:
+        """The ``*.yaml``/``*.yml`` files of a folder, sorted, without hidden files (editor leftovers)."""
+        try:
+            entries = list(folder.iterdir())
+        except FileNotFoundError:
+            if mark is not None:  # the shipped profile folder may legitimately be absent
+                self.issues.append(mark.issue(f"no such {what}: {folder}"))
+            return []
+        except OSError as error:
+            if mark is not None:
+                self.issues.append(mark.issue(f"cannot read {what} {folder}: {error.strerror or error}"))
+            return []
+        return sorted(p for p in entries if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+
+
+def _content_hash(contents: Iterable[object]) -> str:
+    digest = hashlib.sha256()
+    for content in contents:
+        digest.update(json.dumps(content, sort_keys=True, default=str, separators=(",", ":")).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation errors as positioned, human messages
+
+
+def validation_issues(errors: Iterable[ErrorDetails], data: object, mark: Mark, root: Any) -> list[ConfigIssue]:
+    """One issue per pydantic error; ``data`` is the located input, ``mark`` its position, ``root`` its type."""
+    issues = []
+    for error in errors:
+        loc = tuple(error["loc"])
+        at_key = error["type"] in _KEY_ERRORS
+        if loc and loc[-1] == "[key]":
+            loc, at_key = loc[:-1], True
+        if error["type"] == "union_tag_invalid":
+            loc = (*loc, "driver")
+        issues.append(_locate(data, mark, loc, at_key=at_key).issue(_message(error, loc, root)))
+    return issues
+
+
+def _locate(node: object, mark: Mark, loc: tuple[int | str, ...], *, at_key: bool) -> Mark:
+    """The key or value at ``loc``; for a missing key, the mapping that lacks it."""
+    for index, part in enumerate(loc):
+        if isinstance(node, LocatedDict):
+            if part in node:
+                if at_key and index == len(loc) - 1:
+                    return node.key_mark(part)
+                mark, node = node.value_mark(part), node[part]
+            elif part != node.get("driver"):  # pydantic puts an instrument's driver (the union tag) in the loc
+                return node.mark
+        elif isinstance(node, LocatedList) and isinstance(part, int) and 0 <= part < len(node):
+            mark, node = node.item_mark(part), node[part]
+        else:
+            break  # the model looked inside a scalar (a converted value): the scalar is the place
+    return mark
+
+
+def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: Any) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    value = error.get("input")
+    secret = any(isinstance(part, str) and part.lower() in SECRET_KEYS for part in loc)
+    if kind == "missing":
+        return f"missing key {loc[-1]!r}"
+    if kind == "extra_forbidden":
+        return f"unknown key {loc[-1]!r}{_suggestion(str(loc[-1]), _known_keys(root, loc[:-1]))}"
+    if kind == "union_tag_invalid":
+        tag = str(ctx["tag"])
+        known = drivers.driver_names()
+        return f"unknown driver {tag!r}{_suggestion(tag, known)}; known drivers: {', '.join(known)}"
+    if kind == "union_tag_not_found":
+        return "missing key 'driver'" if isinstance(value, dict) else _TYPE_MESSAGES["dict_type"]
+    if kind in ("value_error", "assertion_error", "not_available"):
+        # Our own validators' messages, which already say what they got (except for secrets).
+        message = error["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        return message.replace(value, "***") if secret and isinstance(value, str) and value else message
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") == NAME_PATTERN:
+        message = _NAME_MESSAGE
+    elif kind == "literal_error":
+        choices = re.findall(r"'([^']*)'", str(ctx["expected"]))
+        message = f"expected {ctx['expected']}{_suggestion(str(value), choices)}"
+    elif kind == "too_short":
+        count = ctx["min_length"]
+        message = f"expected at least {count} item{'s' if count != 1 else ''}"
+    elif kind == "string_type" and isinstance(value, int | float) and not isinstance(value, bool):
+        message = "expected a string (put the value in quotes)"
+    elif kind in _TYPE_MESSAGES:
+        message = _TYPE_MESSAGES[kind]
+    else:
+        message = re.sub(r"^(Input|String|List|Value|Dictionary) should", "must", error["msg"])
+    if secret or not isinstance(value, str | int | float | bool | None):
+        return message
+    shown = "an empty value" if value is None else repr(value if len(repr(value)) <= 40 else f"{str(value)[:36]}...")
+    return f"{message}, got {shown}"
+
+
+def _suggestion(word: str, candidates: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
+
+
+def _alternatives(annotation: Any) -> list[Any]:
+    """The types an annotation allows, through Annotated, Optional and unions."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _alternatives(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return [alternative for arg in get_args(annotation) for alternative in _alternatives(arg)]
+    return [annotation]
+
+
+def _known_keys(root: Any, loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the model at ``loc`` accepts, for "did you mean" suggestions."""
+    annotation: Any = root
+    for part in loc:
+        annotation = _child_annotation(annotation, part)
+    models = [a for a in _alternatives(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    return [key for model in models for key in model.model_fields]
+
+
+def _child_annotation(annotation: Any, part: int | str) -> Any:
+    for candidate in _alternatives(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            if part in candidate.model_fields:
+                return candidate.model_fields[str(part)].annotation
+            if issubclass(candidate, InstrumentConfig) and part in drivers.driver_names():
+                return drivers.config_model(str(part))
+        elif get_origin(candidate) is list and isinstance(part, int):
+            return get_args(candidate)[0]
+        elif get_origin(candidate) is dict and isinstance(part, str):
+            return get_args(candidate)[1]
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Checks that need more than one instrument or one file
+
+
+def check_duplicate_rigs(rig_names: Sequence[tuple[str, Mark]]) -> list[ConfigIssue]:
+    """Each place of a rig name used more than once on the gateway, naming the other places."""
+    places: dict[str, list[Mark]] = {}
+    for name, mark in rig_names:
+        places.setdefault(name, []).append(mark)
+    return [
+        mark.issue(f"rig {name!r} is also defined at {', '.join(str(other) for other in marks if other != mark)}")
+        for name, marks in places.items()
+        if len(marks) > 1
+        for mark in marks
+    ]
+
+
+def check_duplicate_instruments(instruments: Sequence[object]) -> list[ConfigIssue]:
+    """Instrument names given twice in one rig, reported at the second one."""
+    issues = []
+    first_lines: dict[str, int] = {}
+    for instrument in instruments:
+        if not isinstance(instrument, LocatedDict) or not isinstance(name := instrument.get("name"), str):
+            continue
+        mark = instrument.value_mark("name")
+        if name in first_lines:
+            issues.append(mark.issue(f"instrument {name!r} is already defined on line {first_lines[name]} of this rig"))
+        else:
+            first_lines[name] = mark.line
+    return issues
+
+
+def check_serial_ports(instruments: Sequence[PlacedInstrument]) -> list[ConfigIssue]:
+    """Instruments on one serial port (a ``port`` that is a device path) must agree on its settings.
+
+    Generic over drivers: any config with a string ``port`` and some of the serial settings takes part.
+    """
+    issues = []
+    first_on_port: dict[str, PlacedInstrument] = {}
+    for placed in instruments:
+        port = getattr(placed.config, "port", None)
+        if not isinstance(port, str):
+            continue
+        first = first_on_port.setdefault(port, placed)
+        for setting in SERIAL_SETTINGS:
+            theirs, mine = getattr(first.config, setting, None), getattr(placed.config, setting, None)
+            if mine == theirs:
+                continue
+            where = first.source.value_mark("port")
+            mark = placed.source.value_mark(setting if setting in placed.source else "port")
+            issues.append(
+                mark.issue(
+                    f"{setting} {mine} differs from {setting} {theirs} of instrument {first.config.name!r} "
+                    f"on the same port {port} ({where}): instruments on one serial port share its settings"
+                )
+            )
+    return issues
+
+
+@dataclass(frozen=True, slots=True)
+class _RegisterRead:
+    table: str
+    start: int  # protocol address (address_base removed)
+    end: int  # exclusive
+    meaning: tuple[object, ...]  # what the registers are read as; two reads agree if this is equal
+    point: str  # "point 'x' of instrument 'y'"
+    reading: str  # "holding 100-101 as float32 ABCD"
+    mark: Mark
+
+
+def _register_reads(placed: PlacedInstrument) -> list[_RegisterRead]:
+    config = placed.config
+    if not isinstance(config, ModbusInstrumentConfig):
+        return []
+    point_sources = placed.source.get("points")
+    reads = []
+    for index, point in enumerate(config.points):
+        # Bits of a register (and coils) are read as a bit field: any number of them agree.
+        if point.table in ("coil", "discrete") or point.bit is not None:
+            continue
+        start = point.address - config.address_base
+        byte_order = point.byte_order or config.byte_order
+        last = point.address + point.register_count - 1
+        span = f"{point.address}" if last == point.address else f"{point.address}-{last}"
+        source = point_sources[index] if isinstance(point_sources, LocatedList) else None
+        mark = source.value_mark("address") if isinstance(source, LocatedDict) else placed.source.mark
+        reads.append(
+            _RegisterRead(
+                table=point.table,
+                start=start,
+                end=start + point.register_count,
+                meaning=(start, point.type, point.length, byte_order),
+                point=f"point {point.name!r} of instrument {config.name!r}",
+                reading=f"{point.table} {span} as {point.type} {byte_order}",
+                mark=mark,
+            )
+        )
+    return reads
+
+
+def _device(config: InstrumentConfig) -> tuple[str, int] | None:
+    """Link and unit: a TCP endpoint or a serial port, and the Modbus unit behind it."""
+    host, port, unit = getattr(config, "host", None), getattr(config, "port", None), getattr(config, "unit", None)
+    if not isinstance(unit, int):
+        return None
+    return (f"{host}:{port}" if host is not None else str(port)), unit
+
+
+def check_register_overlaps(instruments: Sequence[PlacedInstrument]) -> list[ConfigIssue]:
+    """Two points reading the same register of one device must read it the same way (type, byte order)."""
+    reads_by_device: dict[tuple[str, int], list[_RegisterRead]] = {}
+    for placed in instruments:
+        device = _device(placed.config)
+        if device is not None:
+            reads_by_device.setdefault(device, []).extend(_register_reads(placed))
+    issues = []
+    for reads in reads_by_device.values():
+        reads.sort(key=lambda read: (read.table, read.start))
+        for index, read in enumerate(reads):
+            for earlier in reads[:index]:
+                if earlier.table == read.table and earlier.end > read.start and earlier.meaning != read.meaning:
+                    issues.append(
+                        read.mark.issue(
+                            f"{read.point} reads {read.reading}, but {earlier.point} ({earlier.mark}) reads "
+                            f"{earlier.reading}: reads of the same registers must agree"
+                        )
+                    )
+    return issues

@@ -1,0 +1,125 @@
+"""The typed shape of the gateway file and of rig files (see the configuration contract).
+
+Sample gateway file::
+
+    gateway: gw-lab2-01
+    site: lab2
+    rigs: rigs.d/                 # a folder, or a list of files and folders, relative to this file
+    profiles: [profiles/]
+    buffer: {memory_records: 100000, spool_dir: /var/lib/edge-daq/spool, spool_max_bytes: 2GiB}
+    outputs:
+      influxdb: {url: http://127.0.0.1:8086, org: lab, bucket: reliability, token: ${INFLUX_TOKEN}}
+    http: {listen: 127.0.0.1:9108}
+    log: {level: info}
+
+Sample rig file::
+
+    rig: htol-07
+    tags: {test: HTOL, product: PMIC-A3}
+    instruments:
+      - {name: chamber, profile: watlow-f4, host: 10.0.4.17}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler, GetPydanticSchema, field_validator
+from pydantic_core import PydanticCustomError, core_schema
+
+from edge_daq import drivers
+from edge_daq.config.units import Size
+from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
+from edge_daq.sinks.file import FileOutputConfig
+from edge_daq.sinks.influxdb import InfluxDBOutputConfig
+
+
+def _one_or_many(value: object) -> object:
+    return [value] if isinstance(value, str | Path) else value
+
+
+PathList = Annotated[list[Path], BeforeValidator(_one_or_many)]
+"""A list of paths; a single path may be written without the brackets."""
+
+
+def split_host_port(listen: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as a host and a port number."""
+    host, separator, port = listen.rpartition(":")
+    if not separator or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"expected host:port such as 127.0.0.1:9108 or [::1]:9108, got {listen!r}")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def _check_listen(listen: str) -> str:
+    split_host_port(listen)
+    return listen
+
+
+class BufferConfig(StrictModel):
+    memory_records: int = Field(default=100_000, ge=1)
+    spool_dir: Path | None = None
+    spool_max_bytes: Size = 2 << 30
+
+
+class OutputsConfig(StrictModel):
+    """Any subset of the outputs; with none, the daemon writes to the file output."""
+
+    influxdb: InfluxDBOutputConfig | None = None
+    file: FileOutputConfig | None = None
+    mqtt: dict[str, Any] | None = None
+
+    @field_validator("mqtt", mode="before")
+    @classmethod
+    def _mqtt_not_available(cls, value: object) -> object:
+        # Reserved so that an mqtt section is named as unavailable rather than "unknown key".
+        raise PydanticCustomError("not_available", "the mqtt output is not available in this version")
+
+
+class HttpConfig(StrictModel):
+    listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9108"
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+def _lower(value: object) -> object:
+    return value.lower() if isinstance(value, str) else value
+
+
+class LogConfig(StrictModel):
+    level: Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)] = "info"
+
+
+class GatewayConfig(StrictModel):
+    gateway: str = Field(pattern=NAME_PATTERN)
+    site: str | None = Field(default=None, pattern=NAME_PATTERN)
+    # None: the rigs.d folder beside the gateway file, if there is one.
+    rigs: PathList | None = None
+    profiles: PathList = Field(default_factory=list)
+    buffer: BufferConfig = Field(default_factory=BufferConfig)
+    outputs: OutputsConfig = Field(default_factory=OutputsConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+def _instrument_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+    # A tagged union on `driver:` built from the registry, so a new driver needs no change here and the
+    # errors of an instrument are those of its own driver's model.
+    choices = {name: handler.generate_schema(drivers.config_model(name)) for name in drivers.driver_names()}
+    return core_schema.tagged_union_schema(choices=choices, discriminator="driver")
+
+
+AnyInstrument = Annotated[InstrumentConfig, GetPydanticSchema(_instrument_schema)]
+"""An instrument validated by the config model of its ``driver:``."""
+
+
+class RigConfig(StrictModel):
+    rig: str = Field(pattern=NAME_PATTERN)
+    tags: dict[str, str] = Field(default_factory=dict)
+    instruments: list[AnyInstrument] = Field(default_factory=list)
