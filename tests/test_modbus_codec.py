@@ -3,41 +3,14 @@
 from __future__ import annotations
 
 import math
-import struct
 from typing import Any
 
 import pytest
+from modbus_wire import ORDERS, encode, string_registers
 
 from edge_daq.drivers.modbus.codec import BitBlockDecoder, RegisterBlockDecoder
 from edge_daq.drivers.modbus.config import ByteOrder, ModbusPoint
 from edge_daq.record import FieldValue
-
-ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
-
-# Telegraf's layouts, spelled out letter by letter: which big-endian byte goes where on the wire.
-WIRE_LAYOUT: dict[int, dict[ByteOrder, str]] = {
-    2: {"ABCD": "AB", "CDAB": "AB", "BADC": "BA", "DCBA": "BA"},
-    4: {"ABCD": "ABCD", "CDAB": "CDAB", "BADC": "BADC", "DCBA": "DCBA"},
-    8: {"ABCD": "ABCDEFGH", "CDAB": "GHEFCDAB", "BADC": "BADCFEHG", "DCBA": "HGFEDCBA"},
-}
-FORMATS = {
-    "int16": ">h",
-    "uint16": ">H",
-    "int32": ">i",
-    "uint32": ">I",
-    "int64": ">q",
-    "uint64": ">Q",
-    "float32": ">f",
-    "float64": ">d",
-}
-
-
-def encode(point_type: str, value: float, order: ByteOrder) -> list[int]:
-    """The registers a device using ``order`` would send for ``value``."""
-    big_endian = struct.pack(FORMATS[point_type], value)
-    layout = WIRE_LAYOUT[len(big_endian)][order]
-    wire = bytes(big_endian[ord(letter) - ord("A")] for letter in layout)
-    return [int.from_bytes(wire[i : i + 2], "big") for i in range(0, len(wire), 2)]
 
 
 def point(**keys: Any) -> ModbusPoint:
@@ -167,13 +140,6 @@ def test_bit_of_register(bit: int, expected: bool) -> None:
 def test_bool_register_without_bit_is_non_zero() -> None:
     assert decode(point(type="bool"), [0]) == ({"p": False}, [])
     assert decode(point(type="bool"), [0x8000]) == ({"p": True}, [])
-
-
-def string_registers(text: bytes, *, swap: bool = False) -> list[int]:
-    if len(text) % 2:
-        text += b"\x00"
-    pairs = [text[i : i + 2] for i in range(0, len(text), 2)]
-    return [int.from_bytes(pair[::-1] if swap else pair, "big") for pair in pairs]
 
 
 @pytest.mark.parametrize(

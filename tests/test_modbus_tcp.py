@@ -11,31 +11,17 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from modbus_wire import ORDERS, encode
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge_daq.drivers.modbus.config import ByteOrder, ModbusTcpConfig
+from edge_daq.drivers.modbus.config import ModbusTcpConfig
 from edge_daq.drivers.modbus.tcp import PLUGIN, ModbusTcpInstrument, ModbusTcpLink
 from edge_daq.errors import DeviceError, DriverConnectionError, DriverTimeoutError
 
-ORDERS: tuple[ByteOrder, ...] = ("ABCD", "CDAB", "BADC", "DCBA")
+
 # Telegraf's layouts, letter by letter (see test_modbus_codec.py for the known vectors).
-WIRE_LAYOUT: dict[int, dict[ByteOrder, str]] = {
-    2: {"ABCD": "AB", "CDAB": "AB", "BADC": "BA", "DCBA": "BA"},
-    4: {"ABCD": "ABCD", "CDAB": "CDAB", "BADC": "BADC", "DCBA": "DCBA"},
-    8: {"ABCD": "ABCDEFGH", "CDAB": "GHEFCDAB", "BADC": "BADCFEHG", "DCBA": "HGFEDCBA"},
-}
-FORMATS = {"int16": ">h", "uint16": ">H", "int32": ">i", "uint32": ">I", "int64": ">q", "uint64": ">Q"}
-FORMATS |= {"float32": ">f", "float64": ">d"}
-
-
-def encode(point_type: str, value: float, order: ByteOrder) -> list[int]:
-    big_endian = struct.pack(FORMATS[point_type], value)
-    wire = bytes(big_endian[ord(letter) - ord("A")] for letter in WIRE_LAYOUT[len(big_endian)][order])
-    return [int.from_bytes(wire[i : i + 2], "big") for i in range(0, len(wire), 2)]
-
-
 def runs(registers: Mapping[int, int]) -> list[SimData]:
     """Contiguous runs of defined registers; every other address answers exception 02."""
     blocks: list[SimData] = []

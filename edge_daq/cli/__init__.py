@@ -26,10 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check gateway and rig files; print every problem as path:line:col")
     check.add_argument("files", type=Path, nargs="+", metavar="FILE")
 
-    simulate = commands.add_parser(
-        "simulate", help="run a simulated instrument (see `edge-daq simulate --list`)", add_help=False
-    )
-    simulate.add_argument("args", nargs=argparse.REMAINDER)
+    # Listed for --help only: main() hands `simulate ...` to the simulators' own parser.
+    commands.add_parser("simulate", help="run a simulated instrument (see `edge-daq simulate --list`)")
 
     demo = commands.add_parser("demo", help="simulated HTOL rig -> daemon -> local files, with a live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
@@ -40,7 +38,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["simulate"]:
+        # The simulators parse their own options (argparse cannot hand `--list` through a subcommand).
+        # They are test-bench tooling, imported only here and by the demo, never by the daemon.
+        from simulators.cli import main as simulate_main
+
+        return simulate_main(arguments[1:])
+    args = _parser().parse_args(arguments)
     try:
         if args.command == "check":
             from edge_daq.cli.check import run_check
@@ -50,11 +55,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_daq.cli.run import run_daemon
 
             return run_daemon(args.config, log_level=args.log_level, log_json=args.log_json or None)
-        if args.command == "simulate":
-            # Simulators are test-bench tooling, imported only by this command and the demo, never by the daemon.
-            from simulators.cli import main as simulate_main
-
-            return simulate_main(args.args)
         if args.command == "demo":
             from edge_daq.cli.demo import run_demo
 

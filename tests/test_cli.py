@@ -1,0 +1,131 @@
+"""The edge-daq command as a user runs it: real processes, real ports, real files."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+EDGE_DAQ = [sys.executable, "-m", "edge_daq"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def edge_daq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*EDGE_DAQ, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_every_shipped_config_passes_check() -> None:
+    result = edge_daq(
+        "check", str(REPO / "config" / "edge-daq.yaml"), *map(str, (REPO / "config" / "profiles").glob("*.yaml"))
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no problems" in result.stdout
+
+
+def test_check_reports_positions_and_never_a_traceback(tmp_path: Path) -> None:
+    rig = tmp_path / "broken.yaml"
+    rig.write_text(
+        "rig: r1\n"
+        "instruments:\n"
+        "  - name: chamber\n"
+        "    driver: modbus-tcp\n"
+        "    host: 10.0.0.1\n"
+        "    intervall: 2s\n"
+        "    points:\n"
+        "      - {name: pv, adress: 100}\n"
+    )
+    not_yaml = tmp_path / "garbage.yaml"
+    not_yaml.write_text("rig: [unclosed\n")
+    result = edge_daq("check", str(rig), str(not_yaml), str(tmp_path / "missing.yaml"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert f"{rig}:6:5: unknown key 'intervall' (did you mean 'interval'?)" in lines
+    assert f"{rig}:8:20: unknown key 'adress' (did you mean 'address'?)" in lines
+    assert f"{rig}:8:9: missing key 'address'" in lines
+    assert any(line.startswith(f"{not_yaml}:2:1:") for line in lines), lines
+    assert any(line.startswith(f"{tmp_path / 'missing.yaml'}:") for line in lines), lines
+
+
+def test_simulate_lists_the_simulators() -> None:
+    result = edge_daq("simulate", "--list")
+    assert result.returncode == 0
+    assert "watlow-f4" in result.stdout
+    assert "burnin-board" in result.stdout
+
+
+def test_run_polls_a_simulator_into_files_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    simulator = subprocess.Popen(
+        [*EDGE_DAQ, "simulate", "watlow-f4", "--tcp", f"127.0.0.1:{port}", "--seed", "3"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        (tmp_path / "rigs.d").mkdir()
+        (tmp_path / "rigs.d" / "oven.yaml").write_text(
+            "rig: oven\ninstruments:\n"
+            f"  - {{name: chamber, profile: watlow-f4, host: 127.0.0.1, port: {port}, interval: 100ms}}\n"
+        )
+        archive = tmp_path / "archive"
+        gateway = tmp_path / "edge-daq.yaml"
+        gateway.write_text(f"gateway: gw1\noutputs:\n  file:\n    dir: {archive}\n    flush_interval: 100ms\n")
+        daemon = subprocess.Popen(
+            [*EDGE_DAQ, "run", "-c", str(gateway)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(archive.glob("*.lp")):
+            time.sleep(0.1)
+        time.sleep(0.5)
+        daemon.send_signal(signal.SIGTERM)
+        _, log = daemon.communicate(timeout=15)
+        assert daemon.returncode == 0, log
+    finally:
+        simulator.send_signal(signal.SIGTERM)
+        simulator.wait(10)
+    assert simulator.returncode == 0
+    lines = [line for file in archive.glob("*.lp") for line in file.read_text().splitlines()]
+    data = [line for line in lines if line.startswith("chamber,")]
+    assert len(data) >= 3
+    assert "model_code=5270i" in data[0]
+    assert '"event": "daemon_stopped"' in log or '"event":"daemon_stopped"' in log.replace(" ", "")
+
+
+def test_run_refuses_an_invalid_config_with_its_errors(tmp_path: Path) -> None:
+    gateway = tmp_path / "edge-daq.yaml"
+    gateway.write_text("gateway: gw1\nbuffer:\n  memory_records: lots\n")
+    result = edge_daq("run", "-c", str(gateway))
+    assert result.returncode == 2
+    assert f"{gateway}:3:19:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_demo_runs_the_example_rig_into_files(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    result = edge_daq("demo", "--duration", "3", "--no-live", "--out", str(out), timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "records written" in result.stdout
+    text = "".join(file.read_text() for file in out.glob("*.lp"))
+    assert "chamber,gateway=gw-lab2-01" in text
+    assert "board1,board=B03" in text
