@@ -126,6 +126,8 @@ class Daemon:
 
             acquisition.cancel()
             summary.cancel()
+            # A poll in flight may still append its record: let acquisition end before the outputs drain.
+            await asyncio.wait([acquisition])
             for runner in self.runners:
                 runner.begin_drain()
             _, still_running = await asyncio.wait(delivery, timeout=self.drain_timeout)
