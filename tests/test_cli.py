@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,6 +35,11 @@ def wait_for_port(port: int, timeout: float = 10.0) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on port {port}")
+
+
+def chamber_lines(archive: Path) -> list[str]:
+    lines = [line for file in sorted(archive.glob("*.lp")) for line in file.read_text().splitlines()]
+    return [line for line in lines if line.startswith("chamber,")]
 
 
 def test_every_shipped_config_passes_check() -> None:
@@ -74,13 +82,26 @@ def test_simulate_lists_the_simulators() -> None:
     assert "burnin-board" in result.stdout
 
 
-def test_run_polls_a_simulator_into_files_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
-    port = free_port()
+def test_run_polls_a_simulator_into_files_and_behaves_as_a_systemd_service(tmp_path: Path) -> None:
+    port, http_port = free_port(), free_port()
     simulator = subprocess.Popen(
         [*EDGE_DAQ, "simulate", "watlow-f4", "--tcp", f"127.0.0.1:{port}", "--seed", "3"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    notify_path = tmp_path / "notify.sock"
+    notifications = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notifications.bind(str(notify_path))
+    notifications.settimeout(0.2)
+    received: list[str] = []
+
+    def collect(until: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not any(until in message for message in received):
+            with contextlib.suppress(TimeoutError):
+                received.append(notifications.recv(4096).decode())
+        assert any(until in message for message in received), received
+
     try:
         wait_for_port(port)
         (tmp_path / "rigs.d").mkdir()
@@ -90,26 +111,42 @@ def test_run_polls_a_simulator_into_files_and_stops_cleanly_on_sigterm(tmp_path:
         )
         archive = tmp_path / "archive"
         gateway = tmp_path / "edge-daq.yaml"
-        gateway.write_text(f"gateway: gw1\noutputs:\n  file:\n    dir: {archive}\n    flush_interval: 100ms\n")
-        daemon = subprocess.Popen(
-            [*EDGE_DAQ, "run", "-c", str(gateway)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        gateway.write_text(
+            f"gateway: gw1\nhttp: {{listen: '127.0.0.1:{http_port}'}}\n"
+            f"outputs:\n  file:\n    dir: {archive}\n    flush_interval: 100ms\n"
         )
+        environment = {**os.environ, "NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+        daemon = subprocess.Popen(
+            [*EDGE_DAQ, "run", "-c", str(gateway)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environment,
+        )
+        collect("READY=1")
+        collect("WATCHDOG=1")
+        collect("STATUS=instruments 1/1 up")
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as response:
+            assert response.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5) as response:
+            metrics = response.read().decode()
+        assert 'edge_daq_polls_total{instrument="chamber",link="tcp://127.0.0.1:' in metrics
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not any(archive.glob("*.lp")):
+        while time.monotonic() < deadline and len(chamber_lines(archive)) < 3:
             time.sleep(0.1)
-        time.sleep(0.5)
         daemon.send_signal(signal.SIGTERM)
         _, log = daemon.communicate(timeout=15)
         assert daemon.returncode == 0, log
+        collect("STOPPING=1")
     finally:
+        notifications.close()
         simulator.send_signal(signal.SIGTERM)
         simulator.wait(10)
     assert simulator.returncode == 0
-    lines = [line for file in archive.glob("*.lp") for line in file.read_text().splitlines()]
-    data = [line for line in lines if line.startswith("chamber,")]
+    data = chamber_lines(archive)
     assert len(data) >= 3
     assert "model_code=5270i" in data[0]
-    assert '"event": "daemon_stopped"' in log or '"event":"daemon_stopped"' in log.replace(" ", "")
+    assert "daemon_stopped" in log
 
 
 def test_run_refuses_an_invalid_config_with_its_errors(tmp_path: Path) -> None:

@@ -26,6 +26,16 @@ def _parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="check gateway and rig files; print every problem as path:line:col")
     check.add_argument("files", type=Path, nargs="+", metavar="FILE")
 
+    status = commands.add_parser("status", help="the running daemon's instruments, outputs and queue as tables")
+    status.add_argument("--url", default=None, help="the daemon's base URL (default: http.listen of the gateway file)")
+    status.add_argument(
+        "-c",
+        "--config",
+        type=Path,
+        default=None,
+        help="gateway file to read http.listen from (default /etc/edge-daq/edge-daq.yaml if present)",
+    )
+
     # Listed for --help only: main() hands `simulate ...` to the simulators' own parser.
     commands.add_parser("simulate", help="run a simulated instrument (see `edge-daq simulate --list`)")
 
@@ -55,6 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_daq.cli.run import run_daemon
 
             return run_daemon(args.config, log_level=args.log_level, log_json=args.log_json or None)
+        if args.command == "status":
+            from edge_daq.cli.status import status_command
+
+            return status_command(url=args.url, config=args.config, out=sys.stdout)
         if args.command == "demo":
             from edge_daq.cli.demo import run_demo
 

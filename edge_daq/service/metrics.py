@@ -1,0 +1,278 @@
+"""Prometheus metrics and the /status document, read from the pipeline's plain counters at scrape time.
+
+The hot path only increments ints in :mod:`edge_daq.stats`; a custom collector turns them into metric
+families when /metrics is scraped, so polling never calls prometheus-client. The collector lives in its own
+:class:`~prometheus_client.CollectorRegistry` (not the global one), which keeps tests and several daemons in
+one process apart.
+
+Scrapes run on the event loop, never in a thread: the counters are updated without locks, and the lists of
+instruments and outputs change at a reload.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edge_daq import __version__
+from edge_daq.stats import Histogram, InstrumentStats, OutputStats, PipelineStats
+
+INSTRUMENT_LABELS = ("rig", "instrument", "link")
+OUTPUT_LABELS = ("output",)
+
+
+class RingView(Protocol):
+    """What the metrics read from the ring queue (:class:`edge_daq.buffer.ring.RingBuffer` is one)."""
+
+    @property
+    def capacity(self) -> int: ...
+
+    @property
+    def dropped(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
+@dataclass(slots=True)
+class PipelineView:
+    """Everything /metrics, /status and /healthz read, in one place.
+
+    ``stats`` must be the same object for the daemon's life (counters must not go back at a reload); the
+    callables give what lives outside the stats: an output's backlog in records, and the age in seconds of
+    its oldest undelivered record (None when nothing is pending).
+    """
+
+    stats: PipelineStats
+    ring: RingView | None = None
+    backlog: Callable[[str], int] | None = None
+    oldest_age: Callable[[str], float | None] | None = None
+    gateway: str = ""
+    version: str = __version__
+    clock: Callable[[], float] = field(default=time.monotonic)
+    """The clock of ``failing_since`` and ``last_success_monotonic``."""
+
+    def failing_for(self, output: OutputStats) -> float | None:
+        """Seconds since the output started failing, None while it delivers."""
+        return None if output.failing_since is None else max(0.0, self.clock() - output.failing_since)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The /status document: plain JSON types only (no inf or NaN)."""
+        now_wall, now = time.time(), self.clock()
+        stats = self.stats
+        return {
+            "version": self.version,
+            "gateway": self.gateway,
+            "started": _iso(stats.started_wall),
+            "uptime_seconds": round(max(0.0, now_wall - stats.started_wall), 3),
+            "instruments": [self._instrument(instrument, now) for instrument in stats.instruments],
+            "outputs": [self._output(output, now_wall) for output in stats.outputs],
+            "ring": None
+            if self.ring is None
+            else {"records": len(self.ring), "capacity": self.ring.capacity, "dropped": self.ring.dropped},
+        }
+
+    @staticmethod
+    def _instrument(instrument: InstrumentStats, now: float) -> dict[str, Any]:
+        last_success = instrument.last_success_monotonic
+        return {
+            "rig": instrument.rig,
+            "instrument": instrument.instrument,
+            "link": instrument.link,
+            "up": instrument.up,
+            "polls": instrument.polls,
+            "failures": instrument.failures,
+            "failed_points": instrument.failed_points,
+            "records": instrument.records,
+            "late": instrument.late,
+            "skipped": instrument.skipped,
+            "consecutive_failures": instrument.consecutive_failures,
+            "last_error": instrument.last_error,
+            "last_success_age_seconds": None if last_success is None else round(max(0.0, now - last_success), 3),
+            "latency": _histogram(instrument.latency),
+            "lateness": _histogram(instrument.lateness),
+        }
+
+    def _output(self, output: OutputStats, now_wall: float) -> dict[str, Any]:
+        failing_for = self.failing_for(output)
+        oldest = self.oldest_age(output.output) if self.oldest_age is not None else None
+        return {
+            "output": output.output,
+            "delivered": output.delivered,
+            "rejected": output.rejected,
+            "lost": output.lost,
+            "retries": output.retries,
+            "batches": output.batches,
+            "backlog": self.backlog(output.output) if self.backlog is not None else None,
+            "oldest_age_seconds": None if oldest is None else round(oldest, 3),
+            "failing": failing_for is not None,
+            "failing_since": None if failing_for is None else _iso(now_wall - failing_for),
+            "failing_for_seconds": None if failing_for is None else round(failing_for, 3),
+            "last_error": output.last_error,
+            "last_delivery": None if output.last_delivery_wall is None else _iso(output.last_delivery_wall),
+        }
+
+
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds")
+
+
+def _histogram(histogram: Histogram) -> dict[str, Any]:
+    # The raw buckets (the last one is the overflow): readers compute the quantiles they want.
+    return {
+        "bounds": list(histogram.bounds),
+        "counts": list(histogram.counts),
+        "sum": histogram.total,
+        "count": histogram.count,
+    }
+
+
+def histogram_buckets(histogram: Histogram) -> list[tuple[str, float]]:
+    """Prometheus buckets: cumulative counts keyed by upper bound, ending with +Inf (the total count)."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for bound, count in zip(histogram.bounds, histogram.counts, strict=False):
+        cumulative += count
+        buckets.append((repr(float(bound)), cumulative))  # 0.005, 1.0: as prometheus-client writes le
+    buckets.append(("+Inf", histogram.count))
+    return buckets
+
+
+class PipelineCollector(Collector):
+    """Yields every ``edge_daq_*`` metric family from a :class:`PipelineView` at each scrape."""
+
+    def __init__(self, view: PipelineView) -> None:
+        self.view = view
+
+    def collect(self) -> Iterator[Metric]:
+        view, stats = self.view, self.view.stats
+
+        build = GaugeMetricFamily("edge_daq_build_info", "edge-daq version; always 1", labels=["version"])
+        build.add_metric([view.version], 1)
+        yield build
+        yield GaugeMetricFamily(
+            "edge_daq_start_time_seconds", "Start time of the daemon, Unix time", value=stats.started_wall
+        )
+
+        yield from self._instruments(stats.instruments)
+        yield from self._outputs(stats.outputs)
+
+        if view.ring is not None:
+            yield GaugeMetricFamily("edge_daq_ring_records", "Records held in the ring queue", value=len(view.ring))
+            yield GaugeMetricFamily(
+                "edge_daq_ring_capacity", "Records the ring queue holds before it drops", value=view.ring.capacity
+            )
+            yield CounterMetricFamily(
+                "edge_daq_ring_dropped", "Records dropped by the full ring queue", value=view.ring.dropped
+            )
+
+    @staticmethod
+    def _instruments(instruments: list[InstrumentStats]) -> Iterator[Metric]:
+        def counter(name: str, documentation: str, value: Callable[[InstrumentStats], int]) -> Metric:
+            family = CounterMetricFamily(name, documentation, labels=INSTRUMENT_LABELS)
+            for instrument in instruments:
+                family.add_metric(_instrument_labels(instrument), value(instrument))
+            return family
+
+        yield counter("edge_daq_polls", "Polls attempted", lambda s: s.polls)
+        yield counter("edge_daq_poll_failures", "Polls that failed entirely", lambda s: s.failures)
+        yield counter(
+            "edge_daq_failed_points", "Points missing from otherwise successful polls", lambda s: s.failed_points
+        )
+        yield counter("edge_daq_records", "Records produced", lambda s: s.records)
+        yield counter("edge_daq_late_cycles", "Polls started late (over 10% of the interval)", lambda s: s.late)
+        yield counter("edge_daq_skipped_cycles", "Polls skipped because the link fell behind", lambda s: s.skipped)
+
+        up = GaugeMetricFamily(
+            "edge_daq_up", "1 if the last poll of the instrument succeeded", labels=INSTRUMENT_LABELS
+        )
+        failures = GaugeMetricFamily(
+            "edge_daq_consecutive_failures", "Failed polls since the last success", labels=INSTRUMENT_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "edge_daq_poll_latency_seconds", "Time from request to complete response", labels=INSTRUMENT_LABELS
+        )
+        lateness = HistogramMetricFamily(
+            "edge_daq_schedule_lateness_seconds", "Delay of a poll behind its due time", labels=INSTRUMENT_LABELS
+        )
+        for instrument in instruments:
+            labels = _instrument_labels(instrument)
+            up.add_metric(labels, 1 if instrument.up else 0)
+            failures.add_metric(labels, instrument.consecutive_failures)
+            latency.add_metric(labels, histogram_buckets(instrument.latency), instrument.latency.total)
+            lateness.add_metric(labels, histogram_buckets(instrument.lateness), instrument.lateness.total)
+        yield from (up, failures, latency, lateness)
+
+    def _outputs(self, outputs: list[OutputStats]) -> Iterator[Metric]:
+        view = self.view
+
+        def counter(name: str, documentation: str, value: Callable[[OutputStats], int]) -> Metric:
+            family = CounterMetricFamily(name, documentation, labels=OUTPUT_LABELS)
+            for output in outputs:
+                family.add_metric([output.output], value(output))
+            return family
+
+        yield counter("edge_daq_records_delivered", "Records the destination acknowledged", lambda s: s.delivered)
+        yield counter("edge_daq_records_rejected", "Records the destination refused as invalid", lambda s: s.rejected)
+        yield counter("edge_daq_records_lost", "Records dropped by the buffer before delivery", lambda s: s.lost)
+        yield counter("edge_daq_retries", "Failed delivery attempts, each retried after a backoff", lambda s: s.retries)
+        yield counter("edge_daq_batches_delivered", "Batches the destination acknowledged", lambda s: s.batches)
+
+        if view.backlog is not None:
+            backlog = GaugeMetricFamily("edge_daq_backlog_records", "Records not yet delivered", labels=OUTPUT_LABELS)
+            for output in outputs:
+                backlog.add_metric([output.output], view.backlog(output.output))
+            yield backlog
+        if view.oldest_age is not None:
+            oldest = GaugeMetricFamily(
+                "edge_daq_oldest_undelivered_age_seconds",
+                "Age of the oldest record not yet delivered; 0 when none is pending",
+                labels=OUTPUT_LABELS,
+            )
+            for output in outputs:
+                oldest.add_metric([output.output], view.oldest_age(output.output) or 0.0)
+            yield oldest
+
+        failing = GaugeMetricFamily("edge_daq_failing", "1 while deliveries to the output fail", labels=OUTPUT_LABELS)
+        failing_for = GaugeMetricFamily(
+            "edge_daq_failing_seconds",
+            "Seconds since deliveries started failing; 0 while they succeed",
+            labels=OUTPUT_LABELS,
+        )
+        for output in outputs:
+            seconds = view.failing_for(output)
+            failing.add_metric([output.output], 0 if seconds is None else 1)
+            failing_for.add_metric([output.output], seconds or 0.0)
+        yield from (failing, failing_for)
+
+
+def _instrument_labels(instrument: InstrumentStats) -> list[str]:
+    return [instrument.rig, instrument.instrument, instrument.link]
+
+
+class _ProcessCollector(ProcessCollector):
+    """prometheus-client's ``process_*`` metrics, working under the unit's ``ProcSubset=pid``.
+
+    The stock collector reads the boot time from /proc/stat, which ProcSubset=pid hides; without it, it
+    silently yields nothing. CLOCK_BOOTTIME gives the same boot time.
+    """
+
+    def _boot_time(self) -> float:
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def build_registry(view: PipelineView, *, process: bool = True) -> CollectorRegistry:
+    """A registry of its own with the pipeline's metrics and, unless ``process`` is false, the process's
+    (``process_resident_memory_bytes``, ``process_open_fds``, ``python_info``...)."""
+    registry = CollectorRegistry()
+    registry.register(PipelineCollector(view))
+    if process:
+        _ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+    return registry
