@@ -71,27 +71,40 @@ class Record:
         return self.series.tags
 
 
+_FIELD_PREFIXES: dict[str, str] = {}
+_FIELD_PREFIX_LIMIT = 100_000
+
+
+def _field_prefix(key: str) -> str:
+    """``key=`` escaped. Field names come from configs and repeat on every record, so escaping each once saves
+    a fifth of the pipeline's CPU (bench/pipeline.py); the cache is bounded all the same."""
+    prefix = _FIELD_PREFIXES.get(key)
+    if prefix is None:
+        prefix = escape_key(key) + "="
+        if len(_FIELD_PREFIXES) < _FIELD_PREFIX_LIMIT:
+            _FIELD_PREFIXES[key] = prefix
+    return prefix
+
+
 def encode_fields(fields: Mapping[str, FieldValue]) -> str:
     """The field set of a line; non-finite floats are left out (line protocol cannot carry them)."""
     parts: list[str] = []
     append = parts.append
     for key, value in fields.items():
-        # bool before int: bool is a subclass of int.
-        if value is True:
-            append(f"{escape_key(key)}=true")
-        elif value is False:
-            append(f"{escape_key(key)}=false")
-        elif type(value) is int:
-            append(f"{escape_key(key)}={value}i")
-        elif type(value) is float:
+        # Exact type checks first (the common cases); bool is a subclass of int, so it needs its own branch.
+        if type(value) is float:
             if math.isfinite(value):
-                append(f"{escape_key(key)}={value!r}")
+                append(f"{_field_prefix(key)}{value!r}")
+        elif type(value) is int:
+            append(f"{_field_prefix(key)}{value}i")
+        elif type(value) is bool:
+            append(_field_prefix(key) + ("true" if value else "false"))
         elif isinstance(value, str):
-            append(f"{escape_key(key)}={encode_string_field(value)}")
+            append(_field_prefix(key) + encode_string_field(value))
         else:  # an int or float subclass such as numpy's: normalise rather than fail
             number = float(value)
             if math.isfinite(number):
-                append(f"{escape_key(key)}={number!r}")
+                append(f"{_field_prefix(key)}{number!r}")
     return ",".join(parts)
 
 

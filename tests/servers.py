@@ -1,4 +1,4 @@
-"""Real servers for integration tests: InfluxDB 1.x (``influxd``) and VictoriaMetrics.
+"""Real servers for integration tests: InfluxDB 1.x (``influxd``), VictoriaMetrics and Mosquitto.
 
 Each runs as a child process on free loopback ports, with its data in a folder of its own, and is stopped with
 SIGTERM. ``start()`` and ``stop()`` block (they are meant for fixtures, or ``asyncio.to_thread`` in a test);
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pwd
 import shutil
 import signal
 import socket
@@ -76,6 +78,11 @@ class _ServerProcess:
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (benchmarks pin it to a core)."""
+        return self._process.pid if self.running and self._process is not None else None
 
     def _command(self) -> list[str]:
         raise NotImplementedError
@@ -265,3 +272,202 @@ class VictoriaMetricsServer(_ServerProcess):
                 if time.monotonic() > deadline:
                     raise AssertionError(f"fewer than {min_samples} samples for {match} after {within} s: {series}")
                 await asyncio.sleep(0.2)
+
+
+class MosquittoServer:
+    """Mosquitto 2.0 on a free loopback port, configured by a file of its own; ready once the port accepts.
+
+    ``users`` (name -> password) creates a password file and refuses anonymous clients. ``tls`` (a
+    :class:`TlsFiles`) makes the listener TLS-only. ``persistence`` keeps retained messages and persistent
+    sessions across a restart (written on a clean stop). A restart keeps the port.
+    """
+
+    name = "mosquitto"
+    debian_package = "mosquitto"
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        users: dict[str, str] | None = None,
+        tls: TlsFiles | None = None,
+        persistence: bool = False,
+    ) -> None:
+        self.binary = find_binary(self.name, self.debian_package)
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.users = users
+        self.tls = tls
+        self.persistence = persistence
+        self.config_path = root / "mosquitto.conf"
+        self.log_path = root / "mosquitto.log"
+        self.port = 0
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (benchmarks pin it to a core)."""
+        return self._process.pid if self._process is not None and self.running else None
+
+    def _write_config(self) -> None:
+        lines = [
+            # Started as root (CI containers), mosquitto would switch to the "mosquitto" user, which cannot read
+            # the key and password files nor write the persistence file in our temp folders: stay who we are.
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",
+            f"listener {self.port} 127.0.0.1",
+            f"allow_anonymous {'false' if self.users else 'true'}",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.root}/",
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            # Keep every queued message of a persistent test subscriber (the default keeps 1000, then drops).
+            "max_queued_messages 0",
+        ]
+        if self.users:
+            password_file = self.root / "passwords"
+            password_file.unlink(missing_ok=True)
+            passwd = find_binary("mosquitto_passwd", self.debian_package)
+            for index, (user, password) in enumerate(self.users.items()):
+                create = ["-c"] if index == 0 else []
+                subprocess.run([passwd, *create, "-b", str(password_file), user, password], check=True)
+            lines.append(f"password_file {password_file}")
+        if self.tls is not None:
+            lines += [
+                f"cafile {self.tls.ca_cert}",
+                f"certfile {self.tls.server_cert}",
+                f"keyfile {self.tls.server_key}",
+            ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> None:
+        """Start on the port of the first start (a restart keeps it), or on a new free one."""
+        attempts = 1 if self.port else 3
+        for attempt in range(attempts):
+            if not self.port or attempt:
+                self.port = free_port()
+            self._write_config()
+            with self.log_path.open("ab") as log_file:
+                self._process = subprocess.Popen(
+                    [self.binary, "-c", str(self.config_path)],
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                )
+            if self._wait_listening():
+                return
+            self.stop()
+        raise RuntimeError(f"mosquitto did not start; last lines of {self.log_path}:\n{self._log_tail()}")
+
+    def _wait_listening(self) -> bool:
+        assert self._process is not None
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:  # exited: most likely the port was taken in the meantime
+                return False
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)  # a frozen broker could not handle SIGTERM
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def send_signal(self, signum: int) -> None:
+        """SIGSTOP freezes the broker with its connections open (a hung broker); SIGCONT resumes it."""
+        assert self._process is not None, "mosquitto is not running"
+        self._process.send_signal(signum)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class TlsFiles:
+    """A throw-away CA and a server certificate for the name ``localhost`` only, made with the openssl command.
+
+    Connecting to 127.0.0.1 therefore fails the host name check (what TLS ``insecure`` skips).
+    """
+
+    def __init__(self, root: Path) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.ca_cert = root / "ca.pem"
+        self.ca_key = root / "ca.key"
+        self.server_cert = root / "server.pem"
+        self.server_key = root / "server.key"
+        openssl = find_binary("openssl", "openssl")
+
+        def run(*args: str) -> None:
+            subprocess.run([openssl, *args], check=True, capture_output=True)
+
+        run(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=edge-daq test CA",
+            "-keyout",
+            str(self.ca_key),
+            "-out",
+            str(self.ca_cert),
+        )
+        request = root / "server.csr"
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(self.server_key),
+            "-out",
+            str(request),
+        )
+        extensions = root / "server.ext"
+        extensions.write_text("subjectAltName = DNS:localhost\n")
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(self.ca_cert),
+            "-CAkey",
+            str(self.ca_key),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            str(extensions),
+            "-out",
+            str(self.server_cert),
+        )

@@ -1,0 +1,257 @@
+"""Pipeline throughput: field values per second from Modbus TCP simulators through driver, scheduler, ring
+queue and the InfluxDB v1 output into a real InfluxDB, against a raw baseline measured in the same run: the
+same number of line-protocol lines, of the same shape, POSTed straight to the same InfluxDB.
+
+The benchmark process (edge-daq's pipeline, or the raw client) is pinned to one core; influxd and the
+simulators are pinned to the other, so the figure is what one core of edge-daq delivers.
+
+    .venv/bin/python -m bench.pipeline              # 20 s per phase
+    .venv/bin/python -m bench.pipeline --quick      # a few seconds: the smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gzip
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the real-server helpers the tests use
+
+from servers import InfluxDBv1Server  # noqa: E402
+
+from edge_daq.config.loader import load_config  # noqa: E402
+from edge_daq.daemon import Daemon  # noqa: E402
+from edge_daq.record import Record, Series, to_line_protocol  # noqa: E402
+from simulators.modbus_server import ModbusTcpServer, RegisterMapDevice  # noqa: E402
+
+# Each benchmark instrument reads one block of BANK_REGISTERS registers per poll: 70 scaled int16 and 15
+# float32 (word-swapped), 85 field values in one request, so the simulators' cost per value stays small and
+# the pipeline, not the simulated devices, is what saturates.
+BANK_REGISTERS = 100
+INT16_POINTS = 70
+FLOAT32_POINTS = 15
+PIPELINE_CORE = {0}
+SERVER_CORE = {1}
+BATCH_SIZE = 5000
+
+
+@dataclass
+class Phase:
+    name: str
+    values: int
+    seconds: float
+    cpu_seconds: float
+
+    @property
+    def values_per_second(self) -> float:
+        return self.values / self.seconds
+
+
+def pin(pid: int, cores: set[int]) -> None:
+    available = os.sched_getaffinity(0) if pid == 0 else set(range(os.cpu_count() or 1))
+    if cores <= available:
+        os.sched_setaffinity(pid, cores)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+class RegisterBank(RegisterMapDevice):
+    """Fixed register contents: a device that costs the simulator process as little as possible per read."""
+
+    def __init__(self, unit: int) -> None:
+        self.highest_address = BANK_REGISTERS - 1
+        self.values = {address: (unit * 1000 + address * 7) & 0x7FFF for address in range(BANK_REGISTERS)}
+
+    def register_values(self) -> dict[int, int]:
+        return self.values
+
+
+async def serve_bank(port: int, units: int) -> None:
+    server = ModbusTcpServer({unit: RegisterBank(unit) for unit in range(1, units + 1)}, port=port)
+    async with server:
+        await asyncio.Event().wait()
+
+
+def start_simulators(count: int, units: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    processes, ports = [], []
+    for _ in range(count):
+        port = free_port()
+        command = [sys.executable, "-m", "bench.pipeline", "--serve-bank", str(port), "--units", str(units)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pin(process.pid, SERVER_CORE)
+        processes.append(process)
+        ports.append(port)
+    for port in ports:
+        deadline = time.monotonic() + 15
+        while True:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"simulator on port {port} did not start")
+            time.sleep(0.05)
+    return processes, ports
+
+
+def write_config(folder: Path, influx_url: str, database: str, ports: list[int], units: int) -> Path:
+    points = [f"      - {{name: t{n:02d}, address: {n}, type: int16, scale: 0.1}}" for n in range(INT16_POINTS)]
+    points += [
+        f"      - {{name: f{n:02d}, address: {INT16_POINTS + 2 * n}, type: float32, byte_order: CDAB}}"
+        for n in range(FLOAT32_POINTS)
+    ]
+    lines = ["rig: bench", "tags: {test: HTOL, lot: L2611-03}", "instruments:"]
+    for port in ports:
+        for unit in range(1, units + 1):
+            lines.append(f"  - name: bank_{port}_{unit}")
+            lines.append(f"    driver: modbus-tcp\n    host: 127.0.0.1\n    port: {port}\n    unit: {unit}")
+            lines.append("    interval: 1ms\n    timeout: 1s\n    points:")
+            lines.extend(points)
+    (folder / "rigs.d").mkdir()
+    (folder / "rigs.d" / "bench.yaml").write_text("\n".join(lines) + "\n")
+    gateway = folder / "edge-daq.yaml"
+    gateway.write_text(
+        "gateway: gw-bench\nrigs: rigs.d/\nbuffer: {memory_records: 200000}\n"
+        f"outputs:\n  influxdb: {{url: {influx_url}, api: v1, database: {database}, batch_size: {BATCH_SIZE}}}\n"
+    )
+    return gateway
+
+
+async def count_values(influx: InfluxDBv1Server, database: str) -> tuple[int, int]:
+    """(records, field values) stored in the database."""
+    records = values = 0
+    result = await influx.query("SHOW MEASUREMENTS", database=database)
+    for (measurement,) in result["series"][0]["values"]:
+        counts = await influx.query(f'SELECT count(*) FROM "{measurement}"', database=database)
+        row = counts["series"][0]["values"][0][1:]
+        records += max(row)
+        values += sum(row)
+    return records, values
+
+
+async def run_pipeline(gateway: Path, seconds: float) -> tuple[float, float, Record]:
+    """Run the daemon for ``seconds``; the time until everything is delivered, its CPU time, a sample record."""
+    daemon = Daemon(load_config(gateway), drain_timeout=60)
+    sample: list[Record] = []
+    reader = daemon.ring.reader("bench-sample")
+
+    async def keep_one_sample() -> None:
+        await reader.wait(1)
+        batch = reader.read(1)
+        sample.extend(batch.records)
+        daemon.ring.remove_reader(reader)
+
+    stop = asyncio.Event()
+    cpu_start, start = time.process_time(), time.perf_counter()
+    async with asyncio.TaskGroup() as group:
+        run = group.create_task(daemon.run(stop))
+        group.create_task(keep_one_sample())
+        await asyncio.sleep(seconds)
+        stop.set()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+    report = run.result()
+    if not report.complete:
+        raise RuntimeError(f"the pipeline left records undelivered: {report.undelivered}")
+    return elapsed, cpu, sample[0]
+
+
+async def run_raw(influx: InfluxDBv1Server, database: str, sample: Record, lines: int) -> tuple[float, float]:
+    """POST ``lines`` lines shaped like ``sample`` in batches of BATCH_SIZE; bodies prepared before timing."""
+    base = time.time_ns()
+    series = [Series(sample.measurement, {**sample.tags, "instrument": f"raw{i}"}) for i in range(32)]
+    bodies = []
+    for start in range(0, lines, BATCH_SIZE):
+        batch = [
+            Record(series[n % len(series)], sample.fields, base + n)
+            for n in range(start, min(lines, start + BATCH_SIZE))
+        ]
+        bodies.append(gzip.compress(to_line_protocol(batch), compresslevel=1))
+    url = f"{influx.url}/write"
+    params = {"db": database, "precision": "ns"}
+    async with aiohttp.ClientSession(headers={"Content-Encoding": "gzip"}) as session:
+        cpu_start, start = time.process_time(), time.perf_counter()
+        for body in bodies:
+            async with session.post(url, params=params, data=body) as response:
+                if response.status != 204:
+                    raise RuntimeError(f"raw POST failed: {response.status} {await response.text()}")
+        return time.perf_counter() - start, time.process_time() - cpu_start
+
+
+async def main_async(args: argparse.Namespace) -> list[Phase]:
+    pin(0, PIPELINE_CORE)
+    with tempfile.TemporaryDirectory(prefix="edge-daq-bench-") as folder:
+        root = Path(folder)
+        influx = InfluxDBv1Server(root / "influxdb")
+        influx.start()
+        try:
+            assert influx.pid is not None
+            pin(influx.pid, SERVER_CORE)
+            simulators, ports = start_simulators(args.simulators, args.units)
+            try:
+                await influx.query("CREATE DATABASE pipeline")
+                await influx.query("CREATE DATABASE raw")
+                gateway = write_config(root, influx.url, "pipeline", ports, args.units)
+                elapsed, cpu, sample = await run_pipeline(gateway, args.seconds)
+            finally:
+                for process in simulators:
+                    process.send_signal(signal.SIGTERM)
+                for process in simulators:
+                    process.wait(10)
+            records, values = await count_values(influx, "pipeline")
+            pipeline = Phase("edge-daq pipeline", values, elapsed, cpu)
+            # The same number of lines, each with as many fields as the sample, straight to InfluxDB.
+            raw_lines = max(1, round(values / len(sample.fields)))
+            raw_elapsed, raw_cpu = await run_raw(influx, "raw", sample, raw_lines)
+            _, raw_values = await count_values(influx, "raw")
+            raw = Phase("raw POST baseline", raw_values, raw_elapsed, raw_cpu)
+            print(f"pipeline: {records} records in the database")
+            return [pipeline, raw]
+        finally:
+            influx.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.pipeline")
+    parser.add_argument("--seconds", type=float, default=20.0, help="how long the pipeline polls")
+    parser.add_argument("--simulators", type=int, default=4, help="simulator processes (one link each)")
+    parser.add_argument("--units", type=int, default=4, help="instruments per simulator (85 fields each)")
+    parser.add_argument("--quick", action="store_true", help="a few seconds, for the smoke test")
+    parser.add_argument("--serve-bank", type=int, metavar="PORT", help=argparse.SUPPRESS)  # a simulator child
+    args = parser.parse_args(argv)
+    if args.serve_bank:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            asyncio.run(serve_bank(args.serve_bank, args.units))
+        return 0
+    if args.quick:
+        args.seconds, args.simulators, args.units = 2.0, 1, 2
+    pipeline, raw = asyncio.run(main_async(args))
+    print(f"{'phase':<20} {'values':>10} {'seconds':>8} {'values/s':>10} {'cpu s':>7}")
+    for phase in (pipeline, raw):
+        print(
+            f"{phase.name:<20} {phase.values:>10} {phase.seconds:>8.2f} {phase.values_per_second:>10.0f}"
+            f" {phase.cpu_seconds:>7.2f}"
+        )
+    print(f"ratio pipeline/raw: {pipeline.values_per_second / raw.values_per_second:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

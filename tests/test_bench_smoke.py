@@ -1,0 +1,34 @@
+"""Every benchmark script runs (in its --quick mode), so none of them can rot. The figures are not judged here."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_benchmark(module: str) -> str:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--quick"], cwd=REPO, capture_output=True, text=True, timeout=240, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_pipeline_benchmark() -> None:
+    output = run_benchmark("bench.pipeline")
+    assert "ratio pipeline/raw:" in output
+
+
+def test_mqtt_benchmark() -> None:
+    output = run_benchmark("bench.mqtt")
+    assert "qos 0: ratio edge-daq/aiomqtt-loop:" in output
+    assert "qos 1: ratio edge-daq/aiomqtt-loop:" in output
+
+
+def test_rtu_line_benchmark() -> None:
+    output = run_benchmark("bench.rtu_line")
+    assert "115200 baud:" in output
+    assert "ratio edge-daq/pyserial:" in output
