@@ -18,12 +18,31 @@ import random
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from simulators import burnin_board, watlow_f4
+from simulators import burnin_board, endurance_rig, espec_p300, keithley_2400, keysight_daq970a, watlow_f4
+from simulators.line_server import LineDevice, LineServer
 from simulators.modbus_server import Faults, ModbusDevice, ModbusTcpServer, ModelClock, UnknownUnitPolicy
+from simulators.rtu_server import ModbusRtuServer, Parity
 
-__all__ = ["SIMULATORS", "Faults", "ModbusTcpServer", "SimulatorSpec", "create_server", "serve"]
+__all__ = [
+    "BUS_SIMULATORS",
+    "LINE_SIMULATORS",
+    "SIMULATORS",
+    "BusSimulatorSpec",
+    "Faults",
+    "LineServer",
+    "LineSimulatorSpec",
+    "ModbusRtuServer",
+    "ModbusTcpServer",
+    "SimulatorSpec",
+    "create_line_server",
+    "create_rtu_server",
+    "create_server",
+    "serve",
+    "serve_rtu",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +79,35 @@ SIMULATORS: dict[str, SimulatorSpec] = {
         ),
     )
 }
+
+
+@dataclass(frozen=True, slots=True)
+class BusSimulatorSpec:
+    """A whole bus of different slaves sharing one model (a rig), served over Modbus RTU."""
+
+    kind: str
+    description: str
+    default_units: tuple[int, ...]
+    create_devices: Callable[..., dict[int, ModbusDevice]]
+    """Called as ``create_devices(units=..., seed=..., clock=..., **model_options)``."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    options_from_args: Callable[[argparse.Namespace], dict[str, Any]]
+
+
+BUS_SIMULATORS: dict[str, BusSimulatorSpec] = {
+    spec.kind: spec
+    for spec in (
+        BusSimulatorSpec(
+            kind="endurance-rig",
+            description="mechanical endurance rig on one RS-485 bus: VFD, load cell (float32 CDAB), vibration monitor",
+            default_units=(1, 2, 3),
+            create_devices=endurance_rig.create_devices,
+            add_arguments=endurance_rig.add_arguments,
+            options_from_args=endurance_rig.options_from_args,
+        ),
+    )
+}
+"""Kept apart from :data:`SIMULATORS` (one model per unit, served on Modbus TCP or RTU)."""
 
 
 def create_server(
@@ -129,3 +177,124 @@ async def serve(
     )
     async with server:
         yield server
+
+
+def create_rtu_server(
+    kind: str,
+    *,
+    link: str | Path | None = None,
+    tcp: tuple[str, int] | None = None,
+    baudrate: int = 19200,
+    parity: Parity = "E",
+    stopbits: int = 1,
+    seed: int | None = None,
+    units: Iterable[int] | None = None,
+    faults: Faults | Iterable[str] = (),
+    time_scale: float = 1.0,
+    latency: float = 0.0,
+    unknown_unit: UnknownUnitPolicy = "silent",
+    **model_options: Any,
+) -> ModbusRtuServer:
+    """A not yet started Modbus RTU bus on a pseudo-terminal ``link`` and/or raw TCP (a device server).
+
+    ``kind`` is one of :data:`SIMULATORS` (one model per unit) or :data:`BUS_SIMULATORS` (a rig).
+    """
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    if not isinstance(faults, Faults):
+        faults = Faults.parse(faults)
+    clock = ModelClock(time_scale)
+    devices: dict[int, ModbusDevice]
+    if kind in BUS_SIMULATORS:
+        bus = BUS_SIMULATORS[kind]
+        chosen = list(units) if units is not None else list(bus.default_units)
+        devices = bus.create_devices(units=chosen, seed=seed, clock=clock, **model_options)
+    elif kind in SIMULATORS:
+        spec = SIMULATORS[kind]
+        devices = {
+            unit: spec.create_device(unit=unit, seed=seed, clock=clock, **model_options)
+            for unit in sorted(set(units if units is not None else (1,)))
+        }
+    else:
+        known = sorted({*SIMULATORS, *BUS_SIMULATORS})
+        raise KeyError(f"unknown Modbus simulator {kind!r}; known: {', '.join(known)}")
+    return ModbusRtuServer(
+        devices, link=link, tcp=tcp, baudrate=baudrate, parity=parity, stopbits=stopbits, faults=faults,
+        latency=latency, unknown_unit=unknown_unit, seed=seed,
+    )  # fmt: skip
+
+
+@asynccontextmanager
+async def serve_rtu(kind: str, **options: Any) -> AsyncIterator[ModbusRtuServer]:
+    """Run :func:`create_rtu_server` for the duration of the ``async with`` block."""
+    server = create_rtu_server(kind, **options)
+    async with server:
+        yield server
+
+
+@dataclass(frozen=True, slots=True)
+class LineSimulatorSpec:
+    """A SCPI or ASCII instrument, served line by line on TCP and/or a pseudo-terminal."""
+
+    kind: str
+    description: str
+    default_port: int
+    create_device: Callable[..., LineDevice]
+    """Called as ``create_device(seed=..., clock=..., **model_options)``."""
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    options_from_args: Callable[[argparse.Namespace], dict[str, Any]]
+
+
+LINE_SIMULATORS: dict[str, LineSimulatorSpec] = {
+    spec.kind: spec
+    for spec in (
+        LineSimulatorSpec(
+            kind="keithley-2400",
+            description="Keithley 2400 SourceMeter (SCPI): source, compliance, :READ?, error queue, failing DUT",
+            default_port=5025,
+            create_device=keithley_2400.Keithley2400,
+            add_arguments=keithley_2400.add_arguments,
+            options_from_args=keithley_2400.options_from_args,
+        ),
+        LineSimulatorSpec(
+            kind="keysight-daq970a",
+            description="Keysight DAQ970A scanner (SCPI): scan list, READ? with channel numbers, thermocouples",
+            default_port=5026,
+            create_device=keysight_daq970a.KeysightDaq970a,
+            add_arguments=keysight_daq970a.add_arguments,
+            options_from_args=keysight_daq970a.options_from_args,
+        ),
+        LineSimulatorSpec(
+            kind="espec-p300",
+            description="Espec P300 chamber controller (ASCII, CRLF): TEMP?, HUMI?, MON?, MODE?",
+            default_port=10001,
+            create_device=espec_p300.EspecP300,
+            add_arguments=espec_p300.add_arguments,
+            options_from_args=espec_p300.options_from_args,
+        ),
+    )
+}
+
+
+def create_line_server(
+    kind: str,
+    *,
+    tcp: tuple[str, int] | None = None,
+    link: str | Path | None = None,
+    baudrate: int = 9600,
+    seed: int | None = None,
+    faults: Faults | Iterable[str] = (),
+    time_scale: float = 1.0,
+    latency: float = 0.0,
+    **model_options: Any,
+) -> LineServer:
+    """A not yet started SCPI/ASCII simulator on TCP and/or a pseudo-terminal ``link``."""
+    spec = LINE_SIMULATORS.get(kind)
+    if spec is None:
+        raise KeyError(f"unknown SCPI/ASCII simulator {kind!r}; known: {', '.join(sorted(LINE_SIMULATORS))}")
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    if not isinstance(faults, Faults):
+        faults = Faults.parse(faults)
+    device = spec.create_device(seed=seed, clock=ModelClock(time_scale), **model_options)
+    return LineServer(device, tcp=tcp, link=link, baudrate=baudrate, faults=faults, latency=latency, seed=seed)

@@ -204,13 +204,23 @@ class Faults:
     """Seconds added before every reply (an overloaded gateway)."""
     drop_after: int | None = None
     """Close each connection after this many replies."""
+    crc_units: frozenset[int] = frozenset()
+    """RTU only: replies of these units carry a wrong CRC."""
+    crc_all: bool = False
+    """RTU only: every reply carries a wrong CRC."""
+    garbage: bool = False
+    """Noise on the line: RTU replies are preceded by stray bytes; line (SCPI/ASCII) replies are garbled."""
+
+    def corrupts_crc(self, unit: int) -> bool:
+        return self.crc_all or unit in self.crc_units
 
     @classmethod
     def parse(cls, specs: Iterable[str]) -> Faults:
         """Faults from ``--fault`` values: ``no-answer[:UNIT]``, ``exception02``, ``slow:SECONDS``,
-        ``drop-after:N``. Raise :class:`ValueError` on anything else."""
+        ``drop-after:N``, ``crc-error[:UNIT]``, ``garbage``. Raise :class:`ValueError` on anything else."""
         silent_units: set[int] = set()
-        silent_all = exception02 = False
+        crc_units: set[int] = set()
+        silent_all = exception02 = crc_all = garbage = False
         reply_delay = 0.0
         drop_after: int | None = None
         for spec in specs:
@@ -226,12 +236,22 @@ class Faults:
                 reply_delay = _parse_seconds(argument)
             elif name == "drop-after" and argument.isdigit() and int(argument) >= 1:
                 drop_after = int(argument)
+            elif name == "crc-error":
+                if argument:
+                    crc_units.add(_parse_unit(argument))
+                else:
+                    crc_all = True
+            elif name == "garbage" and not argument:
+                garbage = True
             else:
                 raise ValueError(
-                    f"unknown fault {spec!r}: expected no-answer[:UNIT], exception02, slow:SECONDS "
-                    "or drop-after:N (N >= 1)"
+                    f"unknown fault {spec!r}: expected no-answer[:UNIT], exception02, slow:SECONDS, "
+                    "drop-after:N (N >= 1), crc-error[:UNIT] or garbage"
                 )
-        return cls(frozenset(silent_units), silent_all, exception02, reply_delay, drop_after)
+        return cls(
+            frozenset(silent_units), silent_all, exception02, reply_delay, drop_after,
+            frozenset(crc_units), crc_all, garbage,
+        )  # fmt: skip
 
     def describe(self) -> list[str]:
         """The faults in ``--fault`` syntax, for the start-up line and logs."""
@@ -240,6 +260,9 @@ class Faults:
         described += ["exception02"] if self.exception02 else []
         described += [f"slow:{self.reply_delay:g}"] if self.reply_delay else []
         described += [f"drop-after:{self.drop_after}"] if self.drop_after is not None else []
+        described += ["crc-error"] if self.crc_all else []
+        described += [f"crc-error:{unit}" for unit in sorted(self.crc_units)]
+        described += ["garbage"] if self.garbage else []
         return described
 
 
@@ -266,6 +289,8 @@ class ServerStats:
     dropped_connections: int = 0
     """Connections closed by the ``drop-after`` fault."""
     requests_by_unit: Counter[int] = field(default_factory=Counter)
+    bad_frames: int = 0
+    """RTU: request frames dropped for a wrong CRC or a broken frame (a real slave ignores them)."""
 
 
 class _DropConnection(Exception):
@@ -397,32 +422,44 @@ class ModbusTcpServer:
 
     def _respond(self, unit: int, pdu: bytes) -> bytes | None:
         """The response PDU for one request, or None to stay silent."""
-        self.stats.requests += 1
-        self.stats.requests_by_unit[unit] += 1
-        device = self.devices.get(unit)
-        faults = self.faults
-        if faults.silent_all or unit in faults.silent_units or (device is None and self.unknown_unit == "silent"):
-            self.stats.unanswered += 1
-            return None
-        function = pdu[0]
-        if device is None:
-            self.stats.exceptions += 1
-            return bytes((function | 0x80, GATEWAY_TARGET_FAILED))
-        try:
-            if faults.exception02 and function in _READ_FUNCTIONS:
-                raise IllegalDataAddress("exception02 fault")
-            handler = _HANDLERS.get(function)
-            if handler is None:
-                raise IllegalFunction(f"function code {function}")
-            return bytes((function,)) + handler(device, pdu[1:])
-        except ModbusExceptionResponse as exc:
-            self.stats.exceptions += 1
-            return bytes((function | 0x80, exc.code))
-        except Exception:
-            # A model bug must not kill the connection: answer "device failure" and keep the traceback.
-            log.exception("modbus_device_error", unit=unit, function=function)
-            self.stats.exceptions += 1
-            return bytes((function | 0x80, ServerDeviceFailure.code))
+        return respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+
+
+def respond(
+    devices: Mapping[int, ModbusDevice],
+    unit: int,
+    pdu: bytes,
+    *,
+    faults: Faults,
+    unknown_unit: UnknownUnitPolicy,
+    stats: ServerStats,
+) -> bytes | None:
+    """The response PDU of ``unit`` to one request PDU, or None to stay silent; shared by every transport."""
+    stats.requests += 1
+    stats.requests_by_unit[unit] += 1
+    device = devices.get(unit)
+    if faults.silent_all or unit in faults.silent_units or (device is None and unknown_unit == "silent"):
+        stats.unanswered += 1
+        return None
+    function = pdu[0]
+    if device is None:
+        stats.exceptions += 1
+        return bytes((function | 0x80, GATEWAY_TARGET_FAILED))
+    try:
+        if faults.exception02 and function in _READ_FUNCTIONS:
+            raise IllegalDataAddress("exception02 fault")
+        handler = _HANDLERS.get(function)
+        if handler is None:
+            raise IllegalFunction(f"function code {function}")
+        return bytes((function,)) + handler(device, pdu[1:])
+    except ModbusExceptionResponse as exc:
+        stats.exceptions += 1
+        return bytes((function | 0x80, exc.code))
+    except Exception:
+        # A model bug must not kill the connection: answer "device failure" and keep the traceback.
+        log.exception("modbus_device_error", unit=unit, function=function)
+        stats.exceptions += 1
+        return bytes((function | 0x80, ServerDeviceFailure.code))
 
 
 # ---------------------------------------------------------------------------------------- function codes

@@ -32,3 +32,10 @@ def test_rtu_line_benchmark() -> None:
     output = run_benchmark("bench.rtu_line")
     assert "115200 baud:" in output
     assert "ratio edge-daq/pyserial:" in output
+
+
+def test_backlog_benchmark() -> None:
+    output = run_benchmark("bench.backlog")
+    assert "ratio backlog/idle:" in output
+    assert "ratio drain/live:" in output
+    assert "ratio spool-pipeline/raw:" in output

@@ -36,6 +36,13 @@ def _parser() -> argparse.ArgumentParser:
         help="gateway file to read http.listen from (default /etc/edge-daq/edge-daq.yaml if present)",
     )
 
+    from edge_daq.cli.probe import add_arguments as add_probe_arguments
+
+    probe = commands.add_parser(
+        "probe", help="read a new instrument directly: Modbus registers decoded every way, SCPI queries with timing"
+    )
+    add_probe_arguments(probe)
+
     # Listed for --help only: main() hands `simulate ...` to the simulators' own parser.
     commands.add_parser("simulate", help="run a simulated instrument (see `edge-daq simulate --list`)")
 
@@ -65,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_daq.cli.run import run_daemon
 
             return run_daemon(args.config, log_level=args.log_level, log_json=args.log_json or None)
+        if args.command == "probe":
+            from edge_daq.cli.probe import run_probe
+
+            return run_probe(args, sys.stdout)
         if args.command == "status":
             from edge_daq.cli.status import status_command
 

@@ -23,6 +23,14 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {
     "modbus-tcp": _Entry("edge_daq.drivers.modbus.config:ModbusTcpConfig", "edge_daq.drivers.modbus.tcp:PLUGIN"),
+    "modbus-rtu": _Entry("edge_daq.drivers.modbus.config:ModbusRtuConfig", "edge_daq.drivers.modbus.rtu:PLUGIN"),
+    "modbus-rtu-over-tcp": _Entry(
+        "edge_daq.drivers.modbus.config:ModbusRtuOverTcpConfig", "edge_daq.drivers.modbus.rtu:OVER_TCP_PLUGIN"
+    ),
+    "scpi-serial": _Entry(
+        "edge_daq.drivers.scpi.config:ScpiSerialConfig", "edge_daq.drivers.scpi.driver:SERIAL_PLUGIN"
+    ),
+    "scpi-tcp": _Entry("edge_daq.drivers.scpi.config:ScpiTcpConfig", "edge_daq.drivers.scpi.driver:TCP_PLUGIN"),
 }
 
 

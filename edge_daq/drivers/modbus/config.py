@@ -128,3 +128,41 @@ class ModbusTcpConfig(ModbusInstrumentConfig):
     driver: Literal["modbus-tcp"]
     host: str
     port: int = Field(default=502, ge=1, le=65535)
+
+
+class ModbusRtuConfig(ModbusInstrumentConfig):
+    """Modbus RTU on a serial port; every instrument with the same ``port`` shares one RS-485 bus.
+
+    Sample (rig file)::
+
+        - name: vfd
+          driver: modbus-rtu
+          port: /dev/ttyUSB1     # or a stable /dev/serial/by-id/... link
+          baudrate: 19200
+          parity: E              # N | E | O (Modbus's default is E)
+          stopbits: 1
+          unit: 3
+          points:
+            - {name: freq_hz, table: holding, address: 4096, type: uint16, scale: 0.01}
+    """
+
+    driver: Literal["modbus-rtu"]
+    port: str = Field(min_length=1, description="serial device path")
+    baudrate: int = Field(default=19200, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[8] = Field(default=8, description="Modbus RTU frames use 8 data bits")
+
+
+class ModbusRtuOverTcpConfig(ModbusInstrumentConfig):
+    """Modbus RTU frames (with CRC, no MBAP header) over a raw TCP socket: a serial device server such as a
+    Moxa NPort in "TCP server" mode. Every instrument with the same ``host:port`` shares one bus.
+
+    ``baudrate`` is the serial line behind the device server, if known: it spaces requests by the
+    inter-frame silence and widens the response timeout by the frames' time on the line.
+    """
+
+    driver: Literal["modbus-rtu-over-tcp"]
+    host: str
+    port: int = Field(default=4001, ge=1, le=65535)
+    baudrate: int | None = Field(default=None, ge=300, le=4_000_000)

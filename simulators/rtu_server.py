@@ -1,0 +1,313 @@
+"""Modbus RTU for the simulated devices: on a pseudo-terminal (a simulated RS-485 line) and on raw TCP
+(a simulated serial device server, for ``modbus-rtu-over-tcp``).
+
+The pseudo-terminal is a pair made with :func:`os.openpty`; the server serves the master side and puts a
+symlink at ``link`` to the slave side, which a client opens like any ``/dev/ttyUSB0``. The server keeps its own
+descriptor on the slave open so that a client may close and reopen the port without the master seeing a hang
+up; :meth:`ModbusRtuServer.close` closes the master, which is what a client sees when a USB adapter is pulled.
+
+Line timing: a pseudo-terminal moves bytes instantly whatever the baud rate, so the server reproduces the
+line: a reply is written only when the request, the slave's 3.5-character silence that ends it and the reply
+itself would have gone over the wire at ``baudrate`` (``bits_per_character`` = start + 8 data + parity +
+stop bits, 11 for 8E1), plus ``latency``. One request is served at a time, as on a half-duplex bus, so a
+client measures the real line limit.
+
+Framing: a request's length follows from its function code (8 bytes for FC01-06, 9 + byte count for FC15/16);
+other function codes end at the line's silence. A frame with a wrong CRC is dropped without a reply, as a
+real slave does, and counted in ``stats.bad_frames``. Units the server does not host stay silent (there is
+no gateway on a bus to answer 0x0B); unit 0 is a broadcast: writes are applied and nobody answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import struct
+import tty
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from pathlib import Path
+from typing import Literal
+
+import structlog
+
+from simulators.modbus_server import Faults, ModbusDevice, ServerStats, UnknownUnitPolicy, respond
+
+log = structlog.get_logger(__name__)
+
+Parity = Literal["N", "E", "O"]
+BROADCAST = 0
+
+
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+        table.append(crc)
+    return table
+
+
+_CRC_TABLE = _crc_table()
+
+
+def crc16(data: bytes | bytearray) -> int:
+    """Modbus CRC-16 (reflected 0xA001, initial 0xFFFF); on the wire low byte first."""
+    crc = 0xFFFF
+    for byte in data:
+        crc = (crc >> 8) ^ _CRC_TABLE[(crc ^ byte) & 0xFF]
+    return crc
+
+
+def rtu_frame(unit: int, pdu: bytes) -> bytes:
+    body = bytes((unit,)) + pdu
+    return body + struct.pack("<H", crc16(body))
+
+
+def request_length(buffer: bytes | bytearray) -> int | None:
+    """The length of the request frame at the start of ``buffer``, None if unknown (yet)."""
+    if len(buffer) < 2:
+        return None
+    function = buffer[1]
+    if 1 <= function <= 6:
+        return 8
+    if function in (15, 16):
+        return 9 + buffer[6] if len(buffer) >= 7 else None
+    return None
+
+
+Receive = Callable[[float | None], Awaitable[bytes | None]]
+"""Wait up to the timeout (None: forever) for bytes; None on timeout, b"" when the line is gone."""
+Send = Callable[[bytes], Awaitable[None]]
+
+
+class ModbusRtuServer:
+    """Serves one RTU bus (a set of unit ids) on a pseudo-terminal and/or a TCP port."""
+
+    def __init__(
+        self,
+        devices: Mapping[int, ModbusDevice],
+        *,
+        link: str | Path | None = None,
+        tcp: tuple[str, int] | None = None,
+        baudrate: int = 19200,
+        parity: Parity = "E",
+        stopbits: int = 1,
+        faults: Faults | None = None,
+        latency: float = 0.0,
+        unknown_unit: UnknownUnitPolicy = "silent",
+        seed: int = 0,
+    ) -> None:
+        if not devices:
+            raise ValueError("a bus needs at least one unit")
+        if link is None and tcp is None:
+            raise ValueError("give a pseudo-terminal link path, a TCP address or both")
+        if baudrate <= 0 or latency < 0:
+            raise ValueError("baudrate must be positive and latency not negative")
+        self.devices: dict[int, ModbusDevice] = dict(devices)
+        self.link = Path(link) if link is not None else None
+        self.tcp = tcp
+        self.baudrate = baudrate
+        self.parity: Parity = parity
+        self.stopbits = stopbits
+        self.faults = faults or Faults()
+        self.latency = latency
+        self.unknown_unit: UnknownUnitPolicy = unknown_unit
+        self.stats = ServerStats()
+        self._noise = random.Random(seed)
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._tcp_server: asyncio.Server | None = None
+
+    @property
+    def units(self) -> list[int]:
+        return sorted(self.devices)
+
+    @property
+    def bits_per_character(self) -> int:
+        return 1 + 8 + (0 if self.parity == "N" else 1) + self.stopbits
+
+    @property
+    def character_time(self) -> float:
+        return self.bits_per_character / self.baudrate
+
+    @property
+    def silence(self) -> float:
+        """The 3.5-character silence that ends a frame (1.75 ms above 19200 baud)."""
+        return 0.00175 if self.baudrate > 19200 else 3.5 * self.character_time
+
+    @property
+    def port(self) -> int:
+        if self._tcp_server is None or not self._tcp_server.sockets:
+            raise RuntimeError("not serving TCP")
+        port: int = self._tcp_server.sockets[0].getsockname()[1]
+        return port
+
+    @property
+    def slave_name(self) -> str:
+        if self._slave is None:
+            raise RuntimeError("no pseudo-terminal")
+        return os.ttyname(self._slave)
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        if self.link is not None:
+            self._open_pty(self.link)
+        if self.tcp is not None:
+            host, port = self.tcp
+            self._tcp_server = await asyncio.start_server(self._serve_tcp, host, port)
+        log.info("modbus_rtu_server_started", link=str(self.link), units=self.units, baudrate=self.baudrate)
+
+    def _open_pty(self, link: Path) -> None:
+        master, slave = os.openpty()
+        tty.setraw(slave)  # until the client sets its own mode, nothing is echoed or translated
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        with contextlib.suppress(FileNotFoundError):
+            link.unlink()
+        link.symlink_to(os.ttyname(slave))
+        self._queue = asyncio.Queue()
+        asyncio.get_running_loop().add_reader(master, self._master_readable)
+        self._spawn(self._serve(self._receive_pty, self._send_pty), name=f"rtu-pty {link}")
+
+    def _spawn(self, coroutine: Coroutine[object, object, None], *, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Close the pseudo-terminal (the client sees its device vanish), remove the link, stop TCP."""
+        if self._master is not None:
+            asyncio.get_running_loop().remove_reader(self._master)
+            os.close(self._master)
+            self._master = None
+        if self._slave is not None:
+            os.close(self._slave)
+            self._slave = None
+        if self.link is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self.link.unlink()
+        if self._tcp_server is not None:
+            self._tcp_server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tcp_server is not None:
+            await self._tcp_server.wait_closed()
+            self._tcp_server = None
+
+    async def __aenter__(self) -> ModbusRtuServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- transports
+
+    def _master_readable(self) -> None:
+        assert self._master is not None
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            return  # no client has the slave open right now (EIO): nothing to read
+        self._queue.put_nowait(data)
+
+    async def _receive_pty(self, within: float | None) -> bytes | None:
+        try:
+            async with asyncio.timeout(within):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    async def _send_pty(self, data: bytes) -> None:
+        if self._master is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._master, data)
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+
+        async def receive(within: float | None) -> bytes | None:
+            try:
+                async with asyncio.timeout(within):
+                    return await reader.read(4096)
+            except TimeoutError:
+                return None
+            except ConnectionError:
+                return b""
+
+        async def send(data: bytes) -> None:
+            writer.write(data)
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            await self._serve(receive, send)
+        except asyncio.CancelledError:
+            pass  # our close(): end the handler normally (asyncio reports cancelled stream callbacks)
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    # -- the bus
+
+    async def _serve(self, receive: Receive, send: Send) -> None:
+        buffer = bytearray()
+        replies = 0
+        while True:
+            chunk = await receive(self.silence if buffer else None)
+            if chunk == b"":
+                return
+            if chunk is None:
+                # The line fell silent: whatever is buffered is one frame (function codes of unknown length).
+                frame, buffer = bytes(buffer), bytearray()
+            else:
+                buffer += chunk
+                length = request_length(buffer)
+                if length is None or len(buffer) < length:
+                    continue
+                frame, buffer = bytes(buffer[:length]), buffer[length:]
+            reply = await self._handle(frame)
+            if reply is None:
+                continue
+            await send(reply)
+            replies += 1
+            self.stats.replies += 1
+            if self.faults.drop_after is not None and replies >= self.faults.drop_after and self.link is None:
+                self.stats.dropped_connections += 1
+                return
+
+    async def _handle(self, frame: bytes) -> bytes | None:
+        if len(frame) < 4 or struct.unpack_from("<H", frame, len(frame) - 2)[0] != crc16(frame[:-2]):
+            self.stats.bad_frames += 1
+            return None
+        unit, pdu = frame[0], frame[1:-2]
+        if unit == BROADCAST:
+            for device in self.devices.values():
+                respond({0: device}, 0, pdu, faults=Faults(), unknown_unit="silent", stats=ServerStats())
+            return None
+        answer = respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+        if answer is None:
+            return None
+        reply = rtu_frame(unit, answer)
+        if self.faults.corrupts_crc(unit):
+            reply = reply[:-1] + bytes((reply[-1] ^ 0x5A,))
+        if self.faults.garbage:
+            reply = bytes(self._noise.randrange(256) for _ in range(3)) + reply
+        # The request, the silence that ends it and the reply, all at the line's pace.
+        wire = (len(frame) + len(reply)) * self.character_time + self.silence
+        await asyncio.sleep(wire + self.latency + self.faults.reply_delay)
+        return reply
