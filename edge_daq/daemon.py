@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import structlog
 
 from edge_daq import drivers
-from edge_daq.buffer.ring import RingBuffer
+from edge_daq.buffer.ring import BatchSource, RingBuffer, RingReader
+from edge_daq.buffer.spool import open_spool
 from edge_daq.config.loader import LoadedConfig
 from edge_daq.config.models import GatewayConfig, RigConfig
 from edge_daq.delivery import OutputRunner
@@ -24,7 +25,8 @@ from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrumen
 from edge_daq.sinks.base import Output, OutputConfig
 from edge_daq.sinks.file import FileOutput, FileOutputConfig
 from edge_daq.sinks.influxdb import InfluxDBOutput
-from edge_daq.stats import InstrumentStats, OutputStats, PipelineStats
+from edge_daq.sinks.mqtt import MqttOutput
+from edge_daq.stats import InstrumentStats, OutputStats, PipelineStats, SpoolStats
 
 log = structlog.get_logger("edge_daq.daemon")
 
@@ -75,6 +77,8 @@ def build_outputs(gateway: GatewayConfig) -> list[tuple[Output, OutputConfig]]:
     configured = gateway.outputs
     if configured.influxdb is not None:
         outputs.append((InfluxDBOutput(configured.influxdb), configured.influxdb))
+    if configured.mqtt is not None:
+        outputs.append((MqttOutput(configured.mqtt, gateway=gateway.gateway), configured.mqtt))
     if configured.file is not None:
         outputs.append((FileOutput(configured.file), configured.file))
     if not outputs:
@@ -98,13 +102,18 @@ class Daemon:
         self.drain_timeout = drain_timeout
         self.stats = PipelineStats()
         self.ring = RingBuffer(config.gateway.buffer.memory_records)
+        # With a spool, its writer is the ring's only reader and the outputs read from disk.
+        self.spool = open_spool(config.gateway.buffer, self.ring, SpoolStats())
+        self.stats.spool = self.spool.stats if self.spool is not None else None
         self.schedulers = build_schedulers(config, self.ring, self.stats)
         self.runners: list[OutputRunner] = []
         for output, output_config in build_outputs(config.gateway):
             output_stats = OutputStats(output=output.name)
             self.stats.outputs.append(output_stats)
-            reader = self.ring.reader(output.name)
-            self.runners.append(OutputRunner(output, reader, output_config, output_stats))
+            source: BatchSource = (
+                self.spool.reader(output.name, output_stats) if self.spool else self.ring.reader(output.name)
+            )
+            self.runners.append(OutputRunner(output, source, output_config, output_stats))
         self.running = asyncio.Event()
 
     async def run(self, stop: asyncio.Event) -> DrainReport:
@@ -118,6 +127,7 @@ class Daemon:
             config_hash=self.config.hash[:12],
         )
         async with asyncio.TaskGroup() as group:
+            spool = group.create_task(self.spool.run(), name="spool") if self.spool else None
             delivery = [group.create_task(runner.run(), name=f"output {runner.output.name}") for runner in self.runners]
             acquisition = group.create_task(self._acquire(self.schedulers), name="acquisition")
             summary = group.create_task(self._log_summaries(), name="summaries")
@@ -128,14 +138,35 @@ class Daemon:
             summary.cancel()
             # A poll in flight may still append its record: let acquisition end before the outputs drain.
             await asyncio.wait([acquisition])
+            if self.spool is not None:
+                await self.spool.flush(within=self.drain_timeout)  # what is still in the ring, onto disk
             for runner in self.runners:
                 runner.begin_drain()
             _, still_running = await asyncio.wait(delivery, timeout=self.drain_timeout)
             for task in still_running:
                 task.cancel()
+            if spool is not None:
+                spool.cancel()
+        if self.spool is not None:
+            await self.spool.close()  # persist the cursors, seal the current segment
         report = DrainReport({runner.output.name: runner.source.pending for runner in self.runners})
         log.info("daemon_stopped", undelivered=report.undelivered)
         return report
+
+    def oldest_age(self, output: str) -> float | None:
+        """Seconds since the acquisition of the oldest record the output has not delivered; None if none."""
+        for runner in self.runners:
+            if runner.output.name != output:
+                continue
+            if isinstance(runner.source, RingReader):
+                oldest = runner.source.oldest_time_ns()
+                return None if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
+            return runner.stats.oldest_pending_seconds
+        return None
+
+    def backlog(self, output: str) -> int:
+        """Records the output has not delivered yet (for /metrics and the status line)."""
+        return next((runner.source.pending for runner in self.runners if runner.output.name == output), 0)
 
     @staticmethod
     async def _acquire(schedulers: Sequence[LinkScheduler]) -> None:

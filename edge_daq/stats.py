@@ -76,6 +76,30 @@ class OutputStats:
     failing_since: float | None = None
     last_error: str = ""
     last_delivery_wall: float | None = None
+    # The backlog (kept up to date by the durable spool's reader; the ring queue leaves them at 0/None).
+    pending_records: int = 0
+    pending_bytes: int = 0
+    oldest_pending_seconds: float | None = None
+
+
+@dataclass(slots=True)
+class SpoolStats:
+    """The durable spool as a whole (per-output backlog and losses are on each :class:`OutputStats`)."""
+
+    segments: int = 0
+    bytes: int = 0
+    records: int = 0  # held on disk
+    records_written: int = 0
+    fsyncs: int = 0
+    last_write_seconds: float = 0.0  # the last append + fsync
+    dropped_records: int = 0  # by a cap (size, age, free space) before every output had them
+    dropped_segments: int = 0
+    dropped_in_ring: int = 0  # dropped by the ring queue before they reached the disk
+    corrupt_records: int = 0  # damaged records skipped (at start-up or when read back)
+    corrupt_segments: int = 0  # segments set aside as *.corrupt
+    torn_bytes: int = 0  # cut off the end of a segment at start-up (a write the crash interrupted)
+    write_errors: int = 0
+    last_error: str = ""
 
 
 @dataclass(slots=True)
@@ -83,3 +107,4 @@ class PipelineStats:
     started_wall: float = field(default_factory=time.time)
     instruments: list[InstrumentStats] = field(default_factory=list)
     outputs: list[OutputStats] = field(default_factory=list)
+    spool: SpoolStats | None = None

@@ -210,7 +210,7 @@ def test_gateway_file_errors(tmp_path: Path) -> None:
         buffer: {spool_max_bytes: lots}
         outputs:
           file: {dir: /tmp/archive}
-          mqtt: {host: broker}
+          mqtt: {host: broker, qos: 2}
         http:
           listen: localhost
         log: {level: verbose}
@@ -219,7 +219,7 @@ def test_gateway_file_errors(tmp_path: Path) -> None:
     assert issues_of(gateway) == [
         f"{gateway}:2:8: no such file or folder: {tmp_path}/rigs.d/missing.yaml",
         f"{gateway}:3:27: expected a size such as 512KiB, 64MiB or 2GiB, got 'lots'",
-        f"{gateway}:6:3: the mqtt output is not available in this version",
+        f"{gateway}:6:29: expected 0 or 1, got 2",
         f"{gateway}:8:11: expected host:port such as 127.0.0.1:9108 or [::1]:9108, got 'localhost'",
         f"{gateway}:9:14: expected 'debug', 'info', 'warning' or 'error', got 'verbose'",
     ]

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from modbus_wire import ORDERS, encode, string_registers
 from servers import InfluxDBv1Server, VictoriaMetricsServer
-from simulators.modbus_server import BitTable, Faults, ModbusTcpServer, RegisterMapDevice
 
 from edge_daq.config.loader import load_config
 from edge_daq.daemon import Daemon
 from edge_daq.scheduling import STATUS_MEASUREMENT
+from simulators.modbus_server import BitTable, Faults, ModbusTcpServer, RegisterMapDevice
 
 _database_names = itertools.count()
 
@@ -125,15 +125,13 @@ async def running_daemon(gateway: Path) -> AsyncIterator[Daemon]:
         assert report.complete, report.undelivered
 
 
-async def wait_for_polls(daemon: Daemon, count: int, timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
+async def wait_for_polls(daemon: Daemon, count: int, within: float = 10.0) -> None:
+    async with asyncio.timeout(within):
         while min(stats.polls for stats in daemon.stats.instruments) < count:
             await asyncio.sleep(0.05)
 
 
-async def test_every_type_and_byte_order_lands_in_influxdb_v1(
-    influxdb_v1: InfluxDBv1Server, tmp_path: Path
-) -> None:
+async def test_every_type_and_byte_order_lands_in_influxdb_v1(influxdb_v1: InfluxDBv1Server, tmp_path: Path) -> None:
     device, points, expected = known_device()
     database = f"e2e_types_{next(_database_names)}"
     outputs = f"influxdb:\n  url: {influxdb_v1.url}\n  api: v1\n  database: {database}\n  flush_interval: 100ms\n"

@@ -5,8 +5,8 @@ at its own pace and commits its cursor only after its destination acknowledged t
 reader has committed are released at once. When the queue holds ``capacity`` unconsumed records, the oldest
 is dropped to make room: counted on the queue, and on each reader that had not delivered it yet.
 
-The durable spool (a later issue) slots in as the ring's only reader and offers outputs the same
-:class:`BatchSource` interface.
+With a durable spool (``buffer.spool_dir``), the spool writer is the ring's only reader and offers the outputs
+the same :class:`BatchSource` interface from disk (``edge_daq.buffer.spool``).
 """
 
 from __future__ import annotations
@@ -160,6 +160,13 @@ class RingReader:
     def wake(self) -> None:
         self._woken = True
         self.data_ready.set()
+
+    def oldest_time_ns(self) -> int | None:
+        """Acquisition time of the oldest record this reader has not committed, if any."""
+        self._catch_up()
+        if self.pending == 0:
+            return None
+        return self._ring._records[self.cursor - self._ring._first_seq].time_ns
 
     def read(self, max_records: int) -> Batch:
         self._catch_up()

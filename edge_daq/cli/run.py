@@ -48,7 +48,13 @@ async def _serve(config: LoadedConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop)
     daemon = Daemon(config)
-    view = PipelineView(stats=daemon.stats, ring=daemon.ring, backlog=daemon.backlog, gateway=config.gateway.gateway)
+    view = PipelineView(
+        stats=daemon.stats,
+        ring=daemon.ring,
+        backlog=daemon.backlog,
+        oldest_age=daemon.oldest_age,
+        gateway=config.gateway.gateway,
+    )
     status_line = StatusLine(daemon.stats, backlog=daemon.backlog)
     endpoint = HttpEndpoint(
         listen=config.gateway.http.listen,

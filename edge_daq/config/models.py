@@ -25,14 +25,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler, GetPydanticSchema, field_validator
-from pydantic_core import PydanticCustomError, core_schema
+from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic_core import core_schema
 
 from edge_daq import drivers
-from edge_daq.config.units import Size
+from edge_daq.config.units import Duration, Size
 from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
 from edge_daq.sinks.file import FileOutputConfig
 from edge_daq.sinks.influxdb import InfluxDBOutputConfig
+from edge_daq.sinks.mqtt import MqttOutputConfig
 
 
 def _one_or_many(value: object) -> object:
@@ -57,9 +58,19 @@ def _check_listen(listen: str) -> str:
 
 
 class BufferConfig(StrictModel):
+    """The ring queue, and the durable spool when ``spool_dir`` is set (see the README's "Buffering")."""
+
     memory_records: int = Field(default=100_000, ge=1)
     spool_dir: Path | None = None
-    spool_max_bytes: Size = 2 << 30
+    spool_max_bytes: Size = Field(default=2 << 30, ge=1 << 20)
+    # Oldest records are dropped once older than this (None: no age limit).
+    spool_max_age: Duration | None = None
+    # Free space the spool always leaves on its file system; None: 5 % of it, at most 1 GiB.
+    spool_min_free: Size | None = None
+    # Records reach the disk (write + fsync) at most this long after acquisition; 0: at once.
+    fsync_interval: Duration = Field(default=0.1, le=10.0)
+    # Segment file size; None: spool_max_bytes / 16, between 64 KiB and 64 MiB.
+    spool_segment_bytes: Size | None = Field(default=None, ge=4096)
 
 
 class OutputsConfig(StrictModel):
@@ -67,13 +78,7 @@ class OutputsConfig(StrictModel):
 
     influxdb: InfluxDBOutputConfig | None = None
     file: FileOutputConfig | None = None
-    mqtt: dict[str, Any] | None = None
-
-    @field_validator("mqtt", mode="before")
-    @classmethod
-    def _mqtt_not_available(cls, value: object) -> object:
-        # Reserved so that an mqtt section is named as unavailable rather than "unknown key".
-        raise PydanticCustomError("not_available", "the mqtt output is not available in this version")
+    mqtt: MqttOutputConfig | None = None
 
 
 class HttpConfig(StrictModel):

@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from edge_daq import __version__
-from edge_daq.stats import Histogram, InstrumentStats, OutputStats, PipelineStats
+from edge_daq.stats import Histogram, InstrumentStats, OutputStats, PipelineStats, SpoolStats
 
 INSTRUMENT_LABELS = ("rig", "instrument", "link")
 OUTPUT_LABELS = ("output",)
@@ -171,6 +171,24 @@ class PipelineCollector(Collector):
             yield CounterMetricFamily(
                 "edge_daq_ring_dropped", "Records dropped by the full ring queue", value=view.ring.dropped
             )
+        if stats.spool is not None:
+            yield from self._spool(stats.spool)
+
+    @staticmethod
+    def _spool(spool: SpoolStats) -> Iterator[Metric]:
+        yield GaugeMetricFamily("edge_daq_spool_bytes", "Bytes of the durable spool on disk", value=spool.bytes)
+        yield GaugeMetricFamily("edge_daq_spool_segments", "Segment files of the spool", value=spool.segments)
+        yield GaugeMetricFamily("edge_daq_spool_records", "Records held on disk", value=spool.records)
+        counters = {
+            "edge_daq_spool_records_written": ("Records written and fsynced to the spool", spool.records_written),
+            "edge_daq_spool_fsyncs": ("fsync calls of the spool writer", spool.fsyncs),
+            "edge_daq_spool_dropped_records": ("Records dropped by a spool cap or a full disk", spool.dropped_records),
+            "edge_daq_spool_corrupt_records": ("Damaged records skipped", spool.corrupt_records),
+            "edge_daq_spool_corrupt_segments": ("Segments set aside as corrupt", spool.corrupt_segments),
+            "edge_daq_spool_write_errors": ("Failed spool writes (retried)", spool.write_errors),
+        }
+        for name, (documentation, value) in counters.items():
+            yield CounterMetricFamily(name, documentation, value=value)
 
     @staticmethod
     def _instruments(instruments: list[InstrumentStats]) -> Iterator[Metric]:
@@ -238,6 +256,13 @@ class PipelineCollector(Collector):
             for output in outputs:
                 oldest.add_metric([output.output], view.oldest_age(output.output) or 0.0)
             yield oldest
+
+        backlog_bytes = GaugeMetricFamily(
+            "edge_daq_backlog_bytes", "Bytes of the spool not yet delivered (0 without a spool)", labels=OUTPUT_LABELS
+        )
+        for output in outputs:
+            backlog_bytes.add_metric([output.output], output.pending_bytes)
+        yield backlog_bytes
 
         failing = GaugeMetricFamily("edge_daq_failing", "1 while deliveries to the output fail", labels=OUTPUT_LABELS)
         failing_for = GaugeMetricFamily(
