@@ -7,9 +7,12 @@ outputs a bounded time to deliver what is still buffered.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -21,16 +24,18 @@ from edge_daq.config.loader import LoadedConfig
 from edge_daq.config.models import GatewayConfig, RigConfig
 from edge_daq.delivery import OutputRunner
 from edge_daq.drivers.base import InstrumentConfig
+from edge_daq.record import FieldValue, Record, Series
 from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrument
 from edge_daq.sinks.base import Output, OutputConfig
 from edge_daq.sinks.file import FileOutput, FileOutputConfig
-from edge_daq.sinks.influxdb import InfluxDBOutput
-from edge_daq.sinks.mqtt import MqttOutput
+from edge_daq.sinks.influxdb import InfluxDBOutput, InfluxDBOutputConfig
+from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig
 from edge_daq.stats import InstrumentStats, OutputStats, PipelineStats, SpoolStats
 
 log = structlog.get_logger("edge_daq.daemon")
 
 SUMMARY_INTERVAL = 60.0
+EVENT_MEASUREMENT = "edge_daq_event"
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
 
@@ -44,47 +49,78 @@ def base_tags(gateway: GatewayConfig, rig: RigConfig) -> dict[str, str]:
     return tags
 
 
-def build_schedulers(config: LoadedConfig, ring: RingBuffer, stats: PipelineStats) -> list[LinkScheduler]:
-    """One scheduler per physical link: instruments whose driver gives the same link key share it."""
-    by_link: dict[tuple[str, str], list[tuple[RigConfig, InstrumentConfig]]] = defaultdict(list)
+LinkId = tuple[str, str]
+"""(driver, link key): instruments with the same id share one link and one bus scheduler."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPlan:
+    """The instruments of one link as configured; a reload restarts the link only if its fingerprint changed."""
+
+    members: tuple[tuple[RigConfig, InstrumentConfig], ...]
+    fingerprint: str
+
+
+def plan_links(config: LoadedConfig) -> dict[LinkId, LinkPlan]:
+    grouped: dict[LinkId, list[tuple[RigConfig, InstrumentConfig]]] = defaultdict(list)
     for rig in config.rigs:
         for instrument in rig.instruments:
-            plugin = drivers.plugin(instrument.driver)
-            by_link[(instrument.driver, plugin.link_key(instrument))].append((rig, instrument))
-
-    schedulers = []
-    for (driver_name, link_key), members in by_link.items():
-        plugin = drivers.plugin(driver_name)
-        link = plugin.open_link([instrument for _, instrument in members])
-        scheduled = []
-        for rig, instrument in members:
-            instrument_stats = InstrumentStats(rig=rig.rig, instrument=instrument.name, link=link_key)
-            stats.instruments.append(instrument_stats)
-            scheduled.append(
-                ScheduledInstrument(
-                    instrument=plugin.make_instrument(instrument),
-                    builder=RecordBuilder(instrument, base_tags(config.gateway, rig)),
-                    stats=instrument_stats,
-                )
+            grouped[(instrument.driver, drivers.plugin(instrument.driver).link_key(instrument))].append(
+                (rig, instrument)
             )
-        schedulers.append(LinkScheduler(link=link, instruments=scheduled, emit=ring.append))
-    return schedulers
+    plans = {}
+    for link_id, members in grouped.items():
+        # Everything that shapes the link's records: each instrument's config and the tags it inherits.
+        canonical = json.dumps(
+            [[base_tags(config.gateway, rig), instrument.model_dump(mode="json")] for rig, instrument in members],
+            sort_keys=True,
+        )
+        plans[link_id] = LinkPlan(tuple(members), hashlib.sha256(canonical.encode()).hexdigest())
+    return plans
 
 
-def build_outputs(gateway: GatewayConfig) -> list[tuple[Output, OutputConfig]]:
-    """The configured outputs; with none, the file output with its defaults (the embedded default)."""
-    outputs: list[tuple[Output, OutputConfig]] = []
+def build_scheduler(
+    link_id: LinkId,
+    plan: LinkPlan,
+    gateway: GatewayConfig,
+    ring: RingBuffer,
+    stats_for: Callable[[str, str, str], InstrumentStats],
+) -> LinkScheduler:
+    driver_name, link_key = link_id
+    plugin = drivers.plugin(driver_name)
+    link = plugin.open_link([instrument for _, instrument in plan.members])
+    scheduled = [
+        ScheduledInstrument(
+            instrument=plugin.make_instrument(instrument),
+            builder=RecordBuilder(instrument, base_tags(gateway, rig)),
+            stats=stats_for(rig.rig, instrument.name, link_key),
+        )
+        for rig, instrument in plan.members
+    ]
+    return LinkScheduler(link=link, instruments=scheduled, emit=ring.append)
+
+
+def output_configs(gateway: GatewayConfig) -> dict[str, OutputConfig]:
+    """The configured outputs by name; with none, the file output with its defaults (the embedded default)."""
     configured = gateway.outputs
+    outputs: dict[str, OutputConfig] = {}
     if configured.influxdb is not None:
-        outputs.append((InfluxDBOutput(configured.influxdb), configured.influxdb))
+        outputs["influxdb"] = configured.influxdb
     if configured.mqtt is not None:
-        outputs.append((MqttOutput(configured.mqtt, gateway=gateway.gateway), configured.mqtt))
+        outputs["mqtt"] = configured.mqtt
     if configured.file is not None:
-        outputs.append((FileOutput(configured.file), configured.file))
-    if not outputs:
-        default = FileOutputConfig()
-        outputs.append((FileOutput(default), default))
-    return outputs
+        outputs["file"] = configured.file
+    return outputs or {"file": FileOutputConfig()}
+
+
+def build_output(name: str, config: OutputConfig, gateway: GatewayConfig) -> Output:
+    if isinstance(config, InfluxDBOutputConfig):
+        return InfluxDBOutput(config)
+    if isinstance(config, MqttOutputConfig):
+        return MqttOutput(config, gateway=gateway.gateway)
+    if isinstance(config, FileOutputConfig):
+        return FileOutput(config)
+    raise AssertionError(f"no output for {name}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +132,18 @@ class DrainReport:
         return not any(self.undelivered.values())
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadReport:
+    """What a reload changed; instruments and outputs it did not list kept running untouched."""
+
+    config_hash: str
+    links_started: int
+    links_stopped: int
+    links_kept: int
+    outputs_restarted: list[str]
+    needs_restart: list[str]  # settings that only take effect when the daemon restarts
+
+
 class Daemon:
     def __init__(self, config: LoadedConfig, *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
         self.config = config
@@ -105,16 +153,57 @@ class Daemon:
         # With a spool, its writer is the ring's only reader and the outputs read from disk.
         self.spool = open_spool(config.gateway.buffer, self.ring, SpoolStats())
         self.stats.spool = self.spool.stats if self.spool is not None else None
-        self.schedulers = build_schedulers(config, self.ring, self.stats)
-        self.runners: list[OutputRunner] = []
-        for output, output_config in build_outputs(config.gateway):
-            output_stats = OutputStats(output=output.name)
-            self.stats.outputs.append(output_stats)
-            source: BatchSource = (
-                self.spool.reader(output.name, output_stats) if self.spool else self.ring.reader(output.name)
-            )
-            self.runners.append(OutputRunner(output, source, output_config, output_stats))
+        self._links: dict[LinkId, tuple[LinkPlan, LinkScheduler]] = {}
+        for link_id, plan in plan_links(config).items():
+            self._links[link_id] = (plan, self._build_scheduler(link_id, plan, config.gateway))
+        self._link_tasks: dict[LinkId, asyncio.Task[None]] = {}
+        self._output_configs = output_configs(config.gateway)
+        self.runners: list[OutputRunner] = [
+            self._build_runner(name, output_config) for name, output_config in self._output_configs.items()
+        ]
+        self._runner_tasks: dict[str, asyncio.Task[None]] = {}
+        self._group: asyncio.TaskGroup | None = None
+        self._acquisition: asyncio.TaskGroup | None = None
         self.running = asyncio.Event()
+
+    @property
+    def schedulers(self) -> list[LinkScheduler]:
+        return [scheduler for _, scheduler in self._links.values()]
+
+    def _instrument_stats(self, rig: str, instrument: str, link: str) -> InstrumentStats:
+        """The counters of an instrument, kept across reloads so that /metrics counters never go backwards."""
+        for stats in self.stats.instruments:
+            if (stats.rig, stats.instrument) == (rig, instrument):
+                stats.link = link
+                return stats
+        stats = InstrumentStats(rig=rig, instrument=instrument, link=link)
+        self.stats.instruments.append(stats)
+        return stats
+
+    def _build_scheduler(self, link_id: LinkId, plan: LinkPlan, gateway: GatewayConfig) -> LinkScheduler:
+        return build_scheduler(link_id, plan, gateway, self.ring, self._instrument_stats)
+
+    def _build_runner(self, name: str, output_config: OutputConfig, source: BatchSource | None = None) -> OutputRunner:
+        output_stats = next((stats for stats in self.stats.outputs if stats.output == name), None)
+        if output_stats is None:
+            output_stats = OutputStats(output=name)
+            self.stats.outputs.append(output_stats)
+        if source is None:
+            source = self.spool.reader(name, output_stats) if self.spool else self.ring.reader(name)
+        output = build_output(name, output_config, self.config.gateway)
+        return OutputRunner(output, source, output_config, output_stats)
+
+    def _start_runner(self, runner: OutputRunner) -> None:
+        assert self._group is not None
+        name = runner.output.name
+        self._runner_tasks[name] = self._group.create_task(runner.run(), name=f"output {name}")
+
+    def _start_link(self, link_id: LinkId) -> None:
+        assert self._acquisition is not None
+        scheduler = self._links[link_id][1]
+        self._link_tasks[link_id] = self._acquisition.create_task(
+            scheduler.run(), name=f"link {scheduler.link.describe}"
+        )
 
     async def run(self, stop: asyncio.Event) -> DrainReport:
         """Acquire and deliver until ``stop`` is set; then stop polling and drain the outputs."""
@@ -127,13 +216,16 @@ class Daemon:
             config_hash=self.config.hash[:12],
         )
         async with asyncio.TaskGroup() as group:
+            self._group = group
             spool = group.create_task(self.spool.run(), name="spool") if self.spool else None
-            delivery = [group.create_task(runner.run(), name=f"output {runner.output.name}") for runner in self.runners]
-            acquisition = group.create_task(self._acquire(self.schedulers), name="acquisition")
+            for runner in self.runners:
+                self._start_runner(runner)
+            acquisition = group.create_task(self._acquire(), name="acquisition")
             summary = group.create_task(self._log_summaries(), name="summaries")
             self.running.set()
             await stop.wait()
 
+            self.running.clear()
             acquisition.cancel()
             summary.cancel()
             # A poll in flight may still append its record: let acquisition end before the outputs drain.
@@ -142,16 +234,117 @@ class Daemon:
                 await self.spool.flush(within=self.drain_timeout)  # what is still in the ring, onto disk
             for runner in self.runners:
                 runner.begin_drain()
-            _, still_running = await asyncio.wait(delivery, timeout=self.drain_timeout)
+            _, still_running = await asyncio.wait(self._runner_tasks.values(), timeout=self.drain_timeout)
             for task in still_running:
                 task.cancel()
             if spool is not None:
                 spool.cancel()
+        self._group = None
         if self.spool is not None:
             await self.spool.close()  # persist the cursors, seal the current segment
         report = DrainReport({runner.output.name: runner.source.pending for runner in self.runners})
         log.info("daemon_stopped", undelivered=report.undelivered)
         return report
+
+    async def _acquire(self) -> None:
+        async with asyncio.TaskGroup() as acquisition:
+            self._acquisition = acquisition
+            for link_id in self._links:
+                self._start_link(link_id)
+            try:
+                await asyncio.Future()  # links come and go with reloads; this task ends when cancelled
+            finally:
+                self._acquisition = None
+
+    async def reload(self, config: LoadedConfig) -> ReloadReport:
+        """Switch to a new, already validated configuration without losing a record.
+
+        Only the links whose instruments changed are restarted, and only the outputs whose settings changed
+        reconnect; they keep their cursor in the buffer. A config-change event records the new hash.
+        """
+        if not self.running.is_set() or self._acquisition is None:
+            raise RuntimeError("the daemon is not running")
+        old_gateway, new_gateway = self.config.gateway, config.gateway
+        plans = plan_links(config)
+        stopped = [
+            link_id
+            for link_id, (plan, _) in self._links.items()
+            if link_id not in plans or plans[link_id].fingerprint != plan.fingerprint
+        ]
+        for link_id in stopped:
+            task = self._link_tasks.pop(link_id)
+            task.cancel()
+            await asyncio.wait([task])
+            del self._links[link_id]
+        self.config = config
+        started = [link_id for link_id in plans if link_id not in self._links]
+        for link_id in started:
+            self._links[link_id] = (plans[link_id], self._build_scheduler(link_id, plans[link_id], new_gateway))
+            self._start_link(link_id)
+        current = {(rig.rig, instrument.name) for rig in config.rigs for instrument in rig.instruments}
+        self.stats.instruments[:] = [s for s in self.stats.instruments if (s.rig, s.instrument) in current]
+
+        restarted = await self._reload_outputs(output_configs(new_gateway))
+        needs_restart = [
+            key for key in ("buffer", "http", "log") if getattr(old_gateway, key) != getattr(new_gateway, key)
+        ]
+        report = ReloadReport(
+            config_hash=config.hash,
+            links_started=len(started),
+            links_stopped=len(stopped),
+            links_kept=len(self._links) - len(started),
+            outputs_restarted=restarted,
+            needs_restart=needs_restart,
+        )
+        self._emit_event(
+            "config_change",
+            config_hash=config.hash,
+            links_started=report.links_started,
+            links_stopped=report.links_stopped,
+            outputs_restarted=",".join(restarted),
+        )
+        log.info("config_reloaded", **dataclasses.asdict(report))
+        if needs_restart:
+            log.warning("config_needs_restart", settings=needs_restart)
+        return report
+
+    async def _reload_outputs(self, configs: dict[str, OutputConfig]) -> list[str]:
+        """Restart the outputs whose settings changed, on the same cursor; add and remove outputs."""
+        restarted = []
+        for runner in list(self.runners):
+            name = runner.output.name
+            if configs.get(name) == self._output_configs.get(name):
+                continue
+            task = self._runner_tasks.pop(name)
+            task.cancel()  # a batch in flight is not committed: the new runner sends it again
+            await asyncio.wait([task])
+            self.runners.remove(runner)
+            if name in configs:
+                replacement = self._build_runner(name, configs[name], source=runner.source)
+            else:
+                self.stats.outputs[:] = [s for s in self.stats.outputs if s.output != name]
+                if isinstance(runner.source, RingReader):
+                    self.ring.remove_reader(runner.source)
+                restarted.append(name)
+                continue
+            self.runners.append(replacement)
+            self._start_runner(replacement)
+            restarted.append(name)
+        for name, output_config in configs.items():
+            if name not in self._output_configs:
+                runner = self._build_runner(name, output_config)
+                self.runners.append(runner)
+                self._start_runner(runner)
+                restarted.append(name)
+        self._output_configs = configs
+        return restarted
+
+    def _emit_event(self, kind: str, **fields: FieldValue) -> None:
+        """A gateway event as a record: it reaches every output like the measurements do."""
+        tags = {"gateway": self.config.gateway.gateway}
+        if self.config.gateway.site:
+            tags["site"] = self.config.gateway.site
+        self.ring.append(Record(Series(EVENT_MEASUREMENT, tags), {"kind": kind, **fields}, time.time_ns()))
 
     def oldest_age(self, output: str) -> float | None:
         """Seconds since the acquisition of the oldest record the output has not delivered; None if none."""
@@ -167,12 +360,6 @@ class Daemon:
     def backlog(self, output: str) -> int:
         """Records the output has not delivered yet (for /metrics and the status line)."""
         return next((runner.source.pending for runner in self.runners if runner.output.name == output), 0)
-
-    @staticmethod
-    async def _acquire(schedulers: Sequence[LinkScheduler]) -> None:
-        async with asyncio.TaskGroup() as group:
-            for scheduler in schedulers:
-                group.create_task(scheduler.run(), name=f"link {scheduler.link.describe}")
 
     async def _log_summaries(self) -> None:
         last_appended, last_time = self.ring.appended, time.monotonic()

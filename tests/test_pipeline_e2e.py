@@ -141,7 +141,9 @@ async def test_every_type_and_byte_order_lands_in_influxdb_v1(influxdb_v1: Influ
             await wait_for_polls(daemon, 3)
         # The planner merged the 44 points into 4 requests per poll (registers 0..143 in two reads of at most
         # 125, registers 500..501, the coils), not one request per point.
-        assert server.stats.requests == 4 * daemon.stats.instruments[0].polls
+        # (The poll that shutdown cancels may have sent only part of its requests.)
+        polls = daemon.stats.instruments[0].polls
+        assert 4 * (polls - 1) < server.stats.requests <= 4 * polls
 
     rows = await influxdb_v1.select('SELECT * FROM "known"', database=database)
     assert len(rows) == daemon.stats.instruments[0].records

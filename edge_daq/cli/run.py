@@ -9,13 +9,16 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import structlog
 
 from edge_daq.config.loader import LoadedConfig, load_config
+from edge_daq.daemon import Daemon
 from edge_daq.errors import ConfigError
 from edge_daq.logs import configure_logging
+from edge_daq.service.notify import Notifier
 
 
 def run_daemon(config_path: Path, *, log_level: str | None = None, log_json: bool | None = None) -> int:
@@ -31,10 +34,9 @@ def run_daemon(config_path: Path, *, log_level: str | None = None, log_json: boo
 
 
 async def _serve(config: LoadedConfig) -> int:
-    from edge_daq.daemon import Daemon
     from edge_daq.service.http import HealthCheck, HttpEndpoint
     from edge_daq.service.metrics import PipelineView, build_registry
-    from edge_daq.service.notify import AcquisitionProgress, Notifier, StatusLine, watchdog_loop
+    from edge_daq.service.notify import AcquisitionProgress, StatusLine, watchdog_loop
 
     log = structlog.get_logger("edge_daq")
     stop = asyncio.Event()
@@ -47,6 +49,8 @@ async def _serve(config: LoadedConfig) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop)
+    reload_requested = asyncio.Event()
+    loop.add_signal_handler(signal.SIGHUP, reload_requested.set)
     daemon = Daemon(config)
     view = PipelineView(
         stats=daemon.stats,
@@ -77,10 +81,45 @@ async def _serve(config: LoadedConfig) -> int:
                     watchdog_loop(notifier, AcquisitionProgress(lambda: daemon.schedulers), status=status_line),
                     name="watchdog",
                 )
+                reloads = group.create_task(
+                    _reload_on_request(daemon, config.path, reload_requested, notifier, status_line), name="reloads"
+                )
                 report = await run
                 watchdog.cancel()
+                reloads.cancel()
         finally:
             await endpoint.__aexit__(None, None, None)
     if not report.complete:
         log.warning("records_not_delivered", undelivered=report.undelivered)
     return 0
+
+
+async def _reload_on_request(
+    daemon: Daemon,
+    config_path: Path,
+    requested: asyncio.Event,
+    notifier: Notifier,
+    status_line: Callable[[], str],
+) -> None:
+    """SIGHUP: re-read the gateway and rig files; an invalid set is refused and the running config kept."""
+    log = structlog.get_logger("edge_daq")
+    while True:
+        await requested.wait()
+        requested.clear()
+        notifier.reloading("reloading configuration")
+        try:
+            # Parsing a large config takes a while: keep the event loop (and acquisition) turning meanwhile.
+            new_config = await asyncio.to_thread(load_config, config_path)
+        except ConfigError as error:
+            log.error(
+                "reload_rejected",
+                problems=len(error.issues),
+                issues=[str(issue) for issue in error.issues],
+                keeping=daemon.config.hash[:12],
+            )
+            notifier.ready(f"reload rejected: {len(error.issues)} problem(s); {status_line()}")
+            continue
+        try:
+            await daemon.reload(new_config)
+        finally:
+            notifier.ready(status_line())
