@@ -224,12 +224,14 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         rows: list[dict[str, Any]] = []
         for series in result.get("series", []):
             tags = series.get("tags", {})
-            rows.extend({**tags, **dict(zip(series["columns"], values, strict=True))} for values in series["values"])
+            rows.extend(
+                {**tags, **dict(zip(series["columns"], values, strict=True))} for values in series.get("values", [])
+            )
         return rows
 
     async def databases(self) -> set[str]:
         result = await self.query("SHOW DATABASES")
-        return {values[0] for series in result.get("series", []) for values in series["values"]}
+        return {values[0] for series in result.get("series", []) for values in series.get("values", [])}
 
 
 class VictoriaMetricsServer(_ServerProcess):
