@@ -57,19 +57,16 @@ import struct
 from collections.abc import Sequence
 from typing import ClassVar, Generic, TypeVar
 
-from edge_daq.drivers.base import DriverPlugin, Instrument, InstrumentConfig, Link, PollResult
+from edge_daq.drivers.base import DriverPlugin, InstrumentConfig
 from edge_daq.drivers.channel import ByteChannel, SerialChannel, TcpChannel
 from edge_daq.drivers.modbus.config import ModbusRtuConfig, ModbusRtuOverTcpConfig
-from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table, place_points, plan_reads
-from edge_daq.drivers.modbus.tcp import EXCEPTION_NAMES, CompiledRead
+from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table
+from edge_daq.drivers.modbus.reads import EXCEPTION_NAMES, ModbusInstrument, ModbusLink
 from edge_daq.errors import (
     DeviceError,
-    DriverConnectionError,
-    DriverError,
     DriverProtocolError,
     DriverTimeoutError,
 )
-from edge_daq.record import FieldValue
 
 MIN_SILENCE_S = 0.00175
 """Above 19200 baud the Modbus serial line spec fixes the inter-frame silence at 1.75 ms."""
@@ -118,7 +115,7 @@ def expected_reply_length(request: ReadRequest) -> int:
     return 3 + data + 2
 
 
-class RtuLink(Link):
+class RtuLink(ModbusLink):
     """One RTU bus (a serial port, or a device server's socket) shared by every slave on it."""
 
     def __init__(self, channel: ByteChannel, *, baudrate: int | None, bits_per_character: int) -> None:
@@ -262,45 +259,9 @@ def _values(reply: bytes, request: ReadRequest, *, unit: int, where: str) -> Seq
 RtuConfigT = TypeVar("RtuConfigT", bound=ModbusRtuConfig | ModbusRtuOverTcpConfig)
 
 
-class ModbusRtuInstrument(Instrument[RtuConfigT, RtuLink], Generic[RtuConfigT]):
-    """Reads one slave's points with the fewest requests, planned and compiled once."""
-
-    def __init__(self, config: RtuConfigT) -> None:
-        super().__init__(config)
-        placed = place_points(config.points, address_base=config.address_base)
-        self.reads = [
-            CompiledRead.compile(request, byte_order=config.byte_order)
-            for request in plan_reads(placed, max_hole=config.max_hole)
-        ]
-
-    @property
-    def requests(self) -> list[ReadRequest]:
-        return [read.request for read in self.reads]
-
-    async def poll(self, link: RtuLink) -> PollResult:
-        """As the TCP driver: an exception fails only its read's points; a timeout, a CRC error on the last
-        try or a lost port stops the poll; nothing read at all raises the first error."""
-        fields: dict[str, FieldValue] = {}
-        result = PollResult(fields)
-        succeeded = 0
-        unit, timeout = self.config.unit, self.config.timeout
-        for index, read in enumerate(self.reads):
-            try:
-                values = await link.read(read.request, unit=unit, response_timeout=timeout)
-            except (DriverTimeoutError, DriverConnectionError) as exc:
-                result.errors.append(exc)
-                for remaining in self.reads[index:]:
-                    result.failed.extend(remaining.point_names)
-                break
-            except DriverError as exc:
-                result.errors.append(exc)
-                result.failed.extend(read.point_names)
-                continue
-            read.decoder.decode_into(values, fields, result.failed)
-            succeeded += 1
-        if not succeeded and result.errors:
-            raise result.errors[0]
-        return result
+class ModbusRtuInstrument(ModbusInstrument[RtuConfigT, RtuLink], Generic[RtuConfigT]):
+    """A slave on an RTU line: the shared plan and poll (as the TCP driver: an exception fails only its read's
+    points; a timeout, a CRC error on the last try or a lost port stops the poll)."""
 
 
 class ModbusRtuPlugin(DriverPlugin[ModbusRtuConfig, RtuLink]):

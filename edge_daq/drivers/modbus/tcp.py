@@ -38,25 +38,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import ClassVar
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from edge_daq.drivers.base import DriverPlugin, Instrument, InstrumentConfig, Link, PollResult
-from edge_daq.drivers.modbus.codec import BitBlockDecoder, RegisterBlockDecoder
-from edge_daq.drivers.modbus.config import ByteOrder, ModbusTcpConfig, Table
-from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table, place_points, plan_reads
+from edge_daq.drivers.base import DriverPlugin, InstrumentConfig
+from edge_daq.drivers.modbus.config import ModbusTcpConfig, Table
+from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table
+from edge_daq.drivers.modbus.reads import EXCEPTION_NAMES, ModbusInstrument, ModbusLink
 from edge_daq.errors import (
     DeviceError,
     DriverConnectionError,
-    DriverError,
     DriverProtocolError,
     DriverTimeoutError,
 )
-from edge_daq.record import FieldValue
 
 # pymodbus 3.16 reports an unanswered request as a ModbusIOException with this text (no subclass, no code).
 _NO_RESPONSE_TEXT = "No response received"
@@ -65,20 +62,8 @@ _NEVER = 2**31
 # Margin of the safety-net timeout over pymodbus's own response timeout.
 _SAFETY_MARGIN_S = 1.0
 
-EXCEPTION_NAMES: dict[int, str] = {
-    1: "illegal function",
-    2: "illegal data address",
-    3: "illegal data value",
-    4: "server device failure",
-    5: "acknowledge",
-    6: "server device busy",
-    8: "memory parity error",
-    10: "gateway path unavailable",
-    11: "gateway target device failed to respond",
-}
 
-
-class ModbusTcpLink(Link):
+class ModbusTcpLink(ModbusLink):
     """One TCP connection to a Modbus server or gateway, shared by every unit id behind it."""
 
     def __init__(self, *, host: str, port: int, connect_timeout: float) -> None:
@@ -189,71 +174,8 @@ def _values(response: ModbusPDU, request: ReadRequest, *, unit: int, where: str)
     return values
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledRead:
-    """A planned read with its decoder, built once per instrument."""
-
-    request: ReadRequest
-    decoder: RegisterBlockDecoder | BitBlockDecoder
-    point_names: tuple[str, ...]
-
-    @classmethod
-    def compile(cls, request: ReadRequest, *, byte_order: ByteOrder) -> CompiledRead:
-        members = [(placed.address, placed.point) for placed in request.points]
-        decoder: RegisterBlockDecoder | BitBlockDecoder
-        if is_bit_table(request.table):
-            decoder = BitBlockDecoder.compile(members, start=request.address)
-        else:
-            decoder = RegisterBlockDecoder.compile(
-                members, start=request.address, count=request.count, byte_order=byte_order
-            )
-        return cls(request, decoder, tuple(request.point_names))
-
-
-class ModbusTcpInstrument(Instrument[ModbusTcpConfig, ModbusTcpLink]):
-    """Reads one unit id's points with the fewest requests, planned and compiled once."""
-
-    def __init__(self, config: ModbusTcpConfig) -> None:
-        super().__init__(config)
-        placed = place_points(config.points, address_base=config.address_base)
-        self.reads = [
-            CompiledRead.compile(request, byte_order=config.byte_order)
-            for request in plan_reads(placed, max_hole=config.max_hole)
-        ]
-
-    @property
-    def requests(self) -> list[ReadRequest]:
-        return [read.request for read in self.reads]
-
-    async def poll(self, link: ModbusTcpLink) -> PollResult:
-        """Execute the plan's reads one after another.
-
-        A Modbus exception fails only that read's points and the others go on. A timeout or a lost
-        connection stops the poll, since every further read would wait as long, and fails the remaining
-        points. When no read succeeded the first error is raised so that the scheduler sees the instrument
-        (or the link) as down. Points that decode to NaN or infinity are listed in ``failed`` without error.
-        """
-        fields: dict[str, FieldValue] = {}
-        result = PollResult(fields)
-        succeeded = 0
-        unit, timeout = self.config.unit, self.config.timeout
-        for index, read in enumerate(self.reads):
-            try:
-                values = await link.read(read.request, unit=unit, response_timeout=timeout)
-            except (DriverTimeoutError, DriverConnectionError) as exc:
-                result.errors.append(exc)
-                for remaining in self.reads[index:]:
-                    result.failed.extend(remaining.point_names)
-                break
-            except DriverError as exc:
-                result.errors.append(exc)
-                result.failed.extend(read.point_names)
-                continue
-            read.decoder.decode_into(values, fields, result.failed)
-            succeeded += 1
-        if not succeeded and result.errors:
-            raise result.errors[0]
-        return result
+class ModbusTcpInstrument(ModbusInstrument[ModbusTcpConfig, ModbusTcpLink]):
+    """A Modbus TCP unit: the shared plan and poll over a pymodbus connection."""
 
 
 class ModbusTcpPlugin(DriverPlugin[ModbusTcpConfig, ModbusTcpLink]):
