@@ -25,7 +25,7 @@ from structlog.testing import capture_logs
 
 from edge_daq.buffer.ring import RingBuffer
 from edge_daq.config.models import GatewayConfig
-from edge_daq.daemon import build_outputs
+from edge_daq.daemon import build_output, output_configs
 from edge_daq.delivery import OutputRunner
 from edge_daq.errors import FatalSinkError, RetriableSinkError
 from edge_daq.record import FieldValue, Record, Series
@@ -139,9 +139,10 @@ def test_the_gateway_file_accepts_an_mqtt_output_and_the_daemon_builds_it() -> N
     )
     assert gateway.outputs.mqtt is not None
     assert "s3cr3t" not in repr(gateway)
-    [(output, output_config)] = build_outputs(gateway)
-    assert isinstance(output, MqttOutput)
+    [(name, output_config)] = output_configs(gateway).items()
     assert output_config is gateway.outputs.mqtt
+    output = build_output(name, output_config, gateway)
+    assert isinstance(output, MqttOutput)
     assert output.status_topic == "edge-daq/gw-lab2-01/status"
     assert "s3cr3t" not in repr(output)
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from edge_daq.config.units import Duration
 from edge_daq.drivers.base import StrictModel
+from edge_daq.errors import RetriableSinkError
 from edge_daq.record import Record
 
 
@@ -33,6 +36,18 @@ class WriteResult:
 
     written: int
     dropped: int = 0
+
+
+async def read_secret(value: SecretStr | None, path: Path | None, *, what: str = "secret file") -> str | None:
+    """A token or password: from the config's SecretStr, or read from its file (trailing newline dropped)."""
+    if path is None:
+        return value.get_secret_value() if value is not None else None
+    try:
+        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    except OSError as error:
+        # The file may appear later (systemd credentials, a mounted secret): retry rather than give up.
+        raise RetriableSinkError(f"cannot read {what} {path}: {error.strerror}") from error
+    return text.rstrip("\r\n")
 
 
 class Output(ABC):

@@ -61,7 +61,7 @@ from edge_daq.config.units import Duration
 from edge_daq.drivers.base import StrictModel
 from edge_daq.errors import FatalSinkError, RetriableSinkError, SinkError
 from edge_daq.record import FieldValue, Record, Series
-from edge_daq.sinks.base import Output, OutputConfig, WriteResult
+from edge_daq.sinks.base import Output, OutputConfig, WriteResult, read_secret
 
 log = structlog.get_logger("edge_daq.sinks.mqtt")
 # paho logs through the standard library, at ERROR for each failed connection; the runner already logs an
@@ -174,17 +174,6 @@ def _is_finite(value: object) -> bool:
         return math.isfinite(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return True  # not a number: the encoder's default turns it into text
-
-
-async def _read_secret(value: SecretStr | None, path: Path | None) -> str | None:
-    if path is None:
-        return value.get_secret_value() if value is not None else None
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    except OSError as error:
-        # The file may appear later (systemd credentials, a mounted secret): retry rather than give up.
-        raise RetriableSinkError(f"cannot read password file {path}: {error.strerror}") from error
-    return text.rstrip("\r\n")
 
 
 class _ClosingSSLSocket(ssl.SSLSocket):
@@ -357,7 +346,7 @@ class MqttOutput(Output):
 
     async def _connect(self) -> _Connection:
         config = self.config
-        password = await _read_secret(config.password, config.password_file)
+        password = await read_secret(config.password, config.password_file, what="password file")
         tls_context = None
         if config.tls is not None:
             try:
