@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
 import struct
-import tty
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
 import structlog
 
 from simulators.modbus_server import Faults, ModbusDevice, ServerStats, UnknownUnitPolicy, respond
+from simulators.serial_endpoint import SerialEndpoint
 
 log = structlog.get_logger(__name__)
 
@@ -83,7 +82,7 @@ Receive = Callable[[float | None], Awaitable[bytes | None]]
 Send = Callable[[bytes], Awaitable[None]]
 
 
-class ModbusRtuServer:
+class ModbusRtuServer(SerialEndpoint):
     """Serves one RTU bus (a set of unit ids) on a pseudo-terminal and/or a TCP port."""
 
     def __init__(
@@ -102,13 +101,10 @@ class ModbusRtuServer:
     ) -> None:
         if not devices:
             raise ValueError("a bus needs at least one unit")
-        if link is None and tcp is None:
-            raise ValueError("give a pseudo-terminal link path, a TCP address or both")
         if baudrate <= 0 or latency < 0:
             raise ValueError("baudrate must be positive and latency not negative")
+        super().__init__(link=link, tcp=tcp)
         self.devices: dict[int, ModbusDevice] = dict(devices)
-        self.link = Path(link) if link is not None else None
-        self.tcp = tcp
         self.baudrate = baudrate
         self.parity: Parity = parity
         self.stopbits = stopbits
@@ -117,11 +113,6 @@ class ModbusRtuServer:
         self.unknown_unit: UnknownUnitPolicy = unknown_unit
         self.stats = ServerStats()
         self._noise = random.Random(seed)
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._queue: asyncio.Queue[bytes] = asyncio.Queue()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._tcp_server: asyncio.Server | None = None
 
     @property
     def units(self) -> list[int]:
@@ -140,97 +131,16 @@ class ModbusRtuServer:
         """The 3.5-character silence that ends a frame (1.75 ms above 19200 baud)."""
         return 0.00175 if self.baudrate > 19200 else 3.5 * self.character_time
 
-    @property
-    def port(self) -> int:
-        if self._tcp_server is None or not self._tcp_server.sockets:
-            raise RuntimeError("not serving TCP")
-        port: int = self._tcp_server.sockets[0].getsockname()[1]
-        return port
-
-    @property
-    def slave_name(self) -> str:
-        if self._slave is None:
-            raise RuntimeError("no pseudo-terminal")
-        return os.ttyname(self._slave)
-
     # -- life cycle
 
     async def start(self) -> None:
-        if self.link is not None:
-            self._open_pty(self.link)
-        if self.tcp is not None:
-            host, port = self.tcp
-            self._tcp_server = await asyncio.start_server(self._serve_tcp, host, port)
+        await super().start()
         log.info("modbus_rtu_server_started", link=str(self.link), units=self.units, baudrate=self.baudrate)
-
-    def _open_pty(self, link: Path) -> None:
-        master, slave = os.openpty()
-        tty.setraw(slave)  # until the client sets its own mode, nothing is echoed or translated
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to(os.ttyname(slave))
-        self._queue = asyncio.Queue()
-        asyncio.get_running_loop().add_reader(master, self._master_readable)
-        self._spawn(self._serve(self._receive_pty, self._send_pty), name=f"rtu-pty {link}")
-
-    def _spawn(self, coroutine: Coroutine[object, object, None], *, name: str) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        """Close the pseudo-terminal (the client sees its device vanish), remove the link, stop TCP."""
-        if self._master is not None:
-            asyncio.get_running_loop().remove_reader(self._master)
-            os.close(self._master)
-            self._master = None
-        if self._slave is not None:
-            os.close(self._slave)
-            self._slave = None
-        if self.link is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.link.unlink()
-        if self._tcp_server is not None:
-            self._tcp_server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._tcp_server is not None:
-            await self._tcp_server.wait_closed()
-            self._tcp_server = None
-
-    async def __aenter__(self) -> ModbusRtuServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
 
     # -- transports
 
-    def _master_readable(self) -> None:
-        assert self._master is not None
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            return  # no client has the slave open right now (EIO): nothing to read
-        self._queue.put_nowait(data)
-
-    async def _receive_pty(self, within: float | None) -> bytes | None:
-        try:
-            async with asyncio.timeout(within):
-                return await self._queue.get()
-        except TimeoutError:
-            return None
-
-    async def _send_pty(self, data: bytes) -> None:
-        if self._master is not None:
-            with contextlib.suppress(BlockingIOError):
-                os.write(self._master, data)
+    async def _serve_pty(self) -> None:
+        await self._serve(self._receive_pty, self._send_pty)
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
@@ -249,18 +159,11 @@ class ModbusRtuServer:
             with contextlib.suppress(ConnectionError):
                 await writer.drain()
 
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        try:
+        with self._connection():
             await self._serve(receive, send)
-        except asyncio.CancelledError:
-            pass  # our close(): end the handler normally (asyncio reports cancelled stream callbacks)
-        finally:
-            self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
 
     # -- the bus
 
