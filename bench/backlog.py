@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import pipeline
+from bench.common import Figure, emit, ratio
 from bench.pipeline import free_port
 from edge_daq.buffer.ring import RingBuffer
 from edge_daq.buffer.spool import Spool
@@ -261,6 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         f"memory-only pipeline {throughput['memory_values_per_second']:.0f} values/s, ratio spool/memory-only: "
         f"{throughput['spool_values_per_second'] / throughput['memory_values_per_second']:.2f}"
     )
+    figures = [
+        ("backlog memory: RSS with the backlog on disk", memory["backlog_mb"], "MB", "idle daemon RSS",
+         memory["idle_mb"], f"growth <= 50 MB (measured {growth:+.1f} MB)", growth <= 50),
+        ("backlog drain rate after an outage", drain["drain_rate"], "records/s", "live record rate",
+         args.live_rate, "ratio >= 10", drain["drain_rate"] / args.live_rate >= 10),
+        ("pipeline with spool: values/s", throughput["spool_values_per_second"], "values/s",
+         "the same lines POSTed raw", throughput["raw_values_per_second"], "ratio >= 0.5",
+         throughput["spool_values_per_second"] / throughput["raw_values_per_second"] >= 0.5),
+    ]  # fmt: skip
+    for name, value, unit, baseline, baseline_value, target, met in figures:
+        emit(Figure("backlog", name, value, unit, baseline, baseline_value, ratio(value, baseline_value), target, met))
     return 0
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the real-server helpers the tests use
 
 from servers import MosquittoServer  # noqa: E402
 
+from bench.common import Figure, emit  # noqa: E402
 from edge_daq.record import FieldValue, Record, Series  # noqa: E402
 from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig  # noqa: E402
 
@@ -152,6 +153,19 @@ def report(phases: list[Phase], count: int) -> None:
         ours = next(p for p in phases if p.qos == qos and p.name.startswith("edge-daq"))
         raw = next(p for p in phases if p.qos == qos and p.name.startswith("aiomqtt"))
         print(f"qos {qos}: ratio edge-daq/aiomqtt-loop: {ours.per_second / raw.per_second:.2f}")
+        emit(
+            Figure(
+                benchmark="mqtt",
+                name=f"MQTT output records/s at QoS {qos}",
+                value=ours.per_second,
+                unit="records/s",
+                baseline="aiomqtt loop (await each publish)",
+                baseline_value=raw.per_second,
+                ratio=ours.per_second / raw.per_second,
+                target="none set (informative)",
+                met=None,
+            )
+        )
 
 
 def main() -> None:

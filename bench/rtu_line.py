@@ -20,6 +20,7 @@ from pathlib import Path
 
 import serial  # type: ignore[import-untyped]
 
+from bench.common import Figure, emit
 from edge_daq.drivers.modbus.config import ModbusRtuConfig
 from edge_daq.drivers.modbus.rtu import PLUGIN as RTU
 from edge_daq.drivers.scpi.config import ScpiSerialConfig
@@ -100,9 +101,35 @@ async def main(seconds: float) -> None:
             print(
                 f"  {baudrate:>6} baud: {rate:7.1f} transactions/s, line limit {limit:7.1f}/s, ratio {rate / limit:.2f}"
             )
+            emit(
+                Figure(
+                    benchmark="rtu_line",
+                    name=f"RS-485 line efficiency at {baudrate} baud",
+                    value=rate,
+                    unit="transactions/s",
+                    baseline="theoretical line limit",
+                    baseline_value=limit,
+                    ratio=rate / limit,
+                    target="ratio >= 0.9",
+                    met=rate / limit >= 0.9,
+                )
+            )
         ours, raw = await scpi_rates(Path(folder), 115200, seconds)
         print(f"SCPI :READ? on a pty at 115200 baud: edge-daq {ours:.1f} polls/s, raw pyserial loop {raw:.1f}/s")
         print(f"ratio edge-daq/pyserial: {ours / raw:.2f}")
+        emit(
+            Figure(
+                benchmark="rtu_line",
+                name="SCPI :READ? polls/s on a pty at 115200 baud",
+                value=ours,
+                unit="polls/s",
+                baseline="raw pyserial loop",
+                baseline_value=raw,
+                ratio=ours / raw,
+                target="none set (informative)",
+                met=None,
+            )
+        )
 
 
 if __name__ == "__main__":

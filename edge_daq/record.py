@@ -8,6 +8,7 @@ line-protocol prefix of the series is computed once, not once per record (pipeli
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -88,23 +89,34 @@ def _field_prefix(key: str) -> str:
 
 def encode_fields(fields: Mapping[str, FieldValue]) -> str:
     """The field set of a line; non-finite floats are left out (line protocol cannot carry them)."""
+    values = fields.values()
+    # Fast path (bench/pipeline.py: encoding is a fifth of the pipeline's CPU): a record of finite floats, the
+    # usual scaled readings, is joined by C-level maps, with no Python-level call per field. A sum of finite
+    # floats is finite unless it overflows, and then the general loop below decides value by value.
+    if set(map(type, values)) == {float} and math.isfinite(sum(values)):  # type: ignore[arg-type]
+        try:
+            return ",".join(map(operator.add, map(_FIELD_PREFIXES.__getitem__, fields), map(repr, values)))
+        except KeyError:
+            pass  # a key seen for the first time: the loop below caches its prefix
     parts: list[str] = []
     append = parts.append
+    prefixes = _FIELD_PREFIXES
     for key, value in fields.items():
+        prefix = prefixes.get(key) or _field_prefix(key)
         # Exact type checks first (the common cases); bool is a subclass of int, so it needs its own branch.
         if type(value) is float:
             if math.isfinite(value):
-                append(f"{_field_prefix(key)}{value!r}")
+                append(prefix + repr(value))
         elif type(value) is int:
-            append(f"{_field_prefix(key)}{value}i")
+            append(f"{prefix}{value}i")
         elif type(value) is bool:
-            append(_field_prefix(key) + ("true" if value else "false"))
+            append(prefix + ("true" if value else "false"))
         elif isinstance(value, str):
-            append(_field_prefix(key) + encode_string_field(value))
+            append(prefix + encode_string_field(value))
         else:  # an int or float subclass such as numpy's: normalise rather than fail
             number = float(value)
             if math.isfinite(number):
-                append(f"{_field_prefix(key)}{number!r}")
+                append(prefix + repr(number))
     return ",".join(parts)
 
 

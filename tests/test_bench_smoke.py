@@ -20,6 +20,7 @@ def run_benchmark(module: str) -> str:
 def test_pipeline_benchmark() -> None:
     output = run_benchmark("bench.pipeline")
     assert "ratio pipeline/raw:" in output
+    assert "FIGURE " in output
 
 
 def test_mqtt_benchmark() -> None:
@@ -39,3 +40,32 @@ def test_backlog_benchmark() -> None:
     assert "ratio backlog/idle:" in output
     assert "ratio drain/live:" in output
     assert "ratio spool-pipeline/raw:" in output
+
+
+def test_driver_overhead_benchmark() -> None:
+    output = run_benchmark("bench.driver_overhead")
+    assert "ratio edge-daq/pymodbus:" in output
+
+
+def test_startup_benchmark() -> None:
+    output = run_benchmark("bench.startup")
+    assert "check:" in output
+    assert "ready:" in output
+
+
+def test_fleet_benchmark() -> None:
+    output = run_benchmark("bench.fleet")
+    assert "scaling limit:" in output
+    assert "p99 lateness" in output
+
+
+def test_bench_runner_writes_results(tmp_path: Path) -> None:
+    """``python -m bench`` collects the benchmarks' FIGURE lines into the table and the results file."""
+    results = tmp_path / "RESULTS.md"
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "driver_overhead", "--results", str(results)]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "driver overhead: polls/s" in result.stdout
+    text = results.read_text()
+    assert "## Machine" in text
+    assert "| driver overhead: polls/s of one Modbus TCP instrument |" in text

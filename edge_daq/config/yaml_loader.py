@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edge_daq.errors import ConfigIssue
@@ -88,13 +89,11 @@ class YamlDocument:
         return Mark(str(self.path), 1, 1)
 
 
-class LocatedLoader(yaml.SafeLoader):
-    """A SafeLoader building :class:`LocatedDict`/:class:`LocatedList` and collecting issues on the way."""
+class _Located(SafeConstructor):
+    """Constructors building :class:`LocatedDict`/:class:`LocatedList` and collecting issues on the way."""
 
-    def __init__(self, text: str, path: str) -> None:
-        super().__init__(text)
-        self.path = path
-        self.issues: list[ConfigIssue] = []
+    path: str
+    issues: list[ConfigIssue]
 
     def mark_of(self, node: Node) -> Mark:
         return Mark(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
@@ -157,13 +156,50 @@ class LocatedLoader(yaml.SafeLoader):
         return _REFERENCE.sub(replace, text)
 
 
-LocatedLoader.add_constructor("tag:yaml.org,2002:map", LocatedLoader.construct_located_mapping)
-LocatedLoader.add_constructor("tag:yaml.org,2002:seq", LocatedLoader.construct_located_sequence)
-LocatedLoader.add_constructor("tag:yaml.org,2002:str", LocatedLoader.construct_substituted_str)
+class LocatedLoader(_Located, yaml.SafeLoader):
+    """The pure-Python loader: its syntax error messages are the ones reported to the user."""
+
+    def __init__(self, text: str, path: str) -> None:
+        yaml.SafeLoader.__init__(self, text)
+        self.path = path
+        self.issues = []
+
+
+# Fast path (bench/startup.py: the pure-Python parser took most of `edge-daq check` on a 1000-instrument config):
+# libyaml's parser, when PyYAML was built with it. It composes the same nodes with the same start marks, so the
+# constructors see no difference; only its syntax error messages differ, so a file it rejects is parsed again
+# by the pure-Python loader for the message.
+_CSafeLoader: type[yaml.SafeLoader] | None = getattr(yaml, "CSafeLoader", None)
+
+
+class _FastLocatedLoader(_Located, _CSafeLoader or yaml.SafeLoader):  # type: ignore[misc]
+    def __init__(self, text: str, path: str) -> None:
+        (_CSafeLoader or yaml.SafeLoader).__init__(self, text)
+        self.path = path
+        self.issues = []
+
+
+_CONSTRUCTORS = (
+    ("tag:yaml.org,2002:map", _Located.construct_located_mapping),
+    ("tag:yaml.org,2002:seq", _Located.construct_located_sequence),
+    ("tag:yaml.org,2002:str", _Located.construct_substituted_str),
+)
+for _loader in (LocatedLoader, _FastLocatedLoader):
+    for _tag, _constructor in _CONSTRUCTORS:
+        # The stubs want the constructor's first argument typed as a loader class; the mixin is one in practice.
+        _loader.add_constructor(_tag, _constructor)  # type: ignore[type-var]
 
 
 def parse_yaml(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
     """The data of one YAML document and the issues found; data is ``None`` after a syntax error."""
+    if _CSafeLoader is not None:
+        fast = _FastLocatedLoader(text, path)
+        try:
+            return fast.get_single_data(), fast.issues
+        except yaml.YAMLError:
+            pass  # parsed again below, for the pure-Python parser's wording of the problem
+        finally:
+            fast.dispose()
     loader = LocatedLoader(text, path)
     try:
         return loader.get_single_data(), loader.issues

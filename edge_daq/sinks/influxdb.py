@@ -28,7 +28,6 @@ other 5xx, connection errors, timeouts  :class:`RetriableSinkError`
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import gzip
 import json
@@ -38,21 +37,23 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
-import aiohttp
 import structlog
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.client.write_api_async import WriteApiAsync
-from influxdb_client.domain.write_precision import WritePrecision
-from influxdb_client.rest import ApiException
 from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from edge_daq.config.units import Duration
 from edge_daq.errors import FatalSinkError, RetriableSinkError
 from edge_daq.record import Record, to_line
-from edge_daq.sinks.base import Output, OutputConfig, WriteResult
+from edge_daq.sinks.base import Output, OutputConfig, WriteResult, read_secret
+
+# The HTTP clients are imported when an output opens, not with the config models (bench/startup.py: influxdb-client
+# pulls in numpy, and aiohttp builds its TLS contexts at import, together over half a second of `edge-daq check`).
+if TYPE_CHECKING:
+    import aiohttp
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+    from influxdb_client.client.write_api_async import WriteApiAsync
 
 log = structlog.get_logger("edge_daq.sinks.influxdb")
 
@@ -60,8 +61,6 @@ RETRY_AFTER_CAP = 600.0  # seconds; Telegraf caps Retry-After at 10 minutes too
 THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
 _DROPPED = re.compile(r"dropped=(\d+)")
 _LOGGED_MESSAGE_CHARS = 500
-# influxdb-client annotates write_precision with the WritePrecision class, whose members are plain strings.
-_NANOSECONDS = cast(WritePrecision, WritePrecision.NS)
 
 
 class InfluxDBOutputConfig(OutputConfig):
@@ -185,17 +184,6 @@ class _Transport(ABC):
         """Raise :class:`RetriableSinkError` for connection errors and timeouts."""
 
 
-async def _read_secret(value: SecretStr | None, path: Path | None) -> str | None:
-    if path is None:
-        return value.get_secret_value() if value is not None else None
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    except OSError as error:
-        # The file may appear later (systemd credentials, a mounted secret): retry rather than give up.
-        raise RetriableSinkError(f"cannot read secret file {path}: {error.strerror}") from error
-    return text.rstrip("\r\n")
-
-
 def _unreachable(config: InfluxDBOutputConfig, error: BaseException) -> RetriableSinkError:
     url = config.url
     if isinstance(error, TimeoutError):
@@ -220,7 +208,9 @@ class _V2Transport(_Transport):
 
     async def open(self) -> None:
         await self.close()
-        token = await _read_secret(self._config.token, self._config.token_file)
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+        token = await read_secret(self._config.token, self._config.token_file)
         # The async client must be created inside the running loop; it has no retries of its own.
         self._client = InfluxDBClientAsync(
             url=self._config.url,
@@ -238,11 +228,17 @@ class _V2Transport(_Transport):
             await client.close()  # type: ignore[no-untyped-call]
 
     async def post(self, body: bytes) -> Rejection | None:
+        import aiohttp
+        from influxdb_client.domain.write_precision import WritePrecision
+        from influxdb_client.rest import ApiException
+
         if self._write_api is None:
             await self.open()
         assert self._write_api is not None
+        # influxdb-client annotates write_precision with the WritePrecision class, whose members are plain strings.
+        precision = cast(WritePrecision, WritePrecision.NS)
         try:
-            await self._write_api.write(bucket=self._bucket, org=self._org, record=body, write_precision=_NANOSECONDS)
+            await self._write_api.write(bucket=self._bucket, org=self._org, record=body, write_precision=precision)
         except ApiException as error:
             if not error.status:  # the client could not even build the request
                 raise FatalSinkError(f"influxdb-client refused the request: {error.reason}") from error
@@ -274,8 +270,10 @@ class _V1Transport(_Transport):
             self._write_params["rp"] = config.retention_policy
 
     async def open(self) -> None:
+        import aiohttp
+
         await self.close()
-        password = await _read_secret(self._config.password, self._config.password_file)
+        password = await read_secret(self._config.password, self._config.password_file)
         headers = {}
         if self._config.username or password:
             headers["Authorization"] = aiohttp.encode_basic_auth(self._config.username, password or "")
@@ -292,6 +290,8 @@ class _V1Transport(_Transport):
                 raise
 
     async def _create_database(self) -> None:
+        import aiohttp
+
         assert self._session is not None
         quoted = self._database.replace("\\", "\\\\").replace('"', '\\"')
         try:
@@ -320,6 +320,8 @@ class _V1Transport(_Transport):
             await session.close()
 
     async def post(self, body: bytes) -> Rejection | None:
+        import aiohttp
+
         if self._session is None:
             await self.open()
         assert self._session is not None

@@ -1,0 +1,299 @@
+"""Fleet: N Modbus TCP instruments x 30 points at a 1 s interval, on at least 50 simulated endpoints, through
+edge-daq's whole pipeline into a real InfluxDB 1.6.
+
+Measured over a steady window after a warm-up: skipped cycles (against the polls due), the 99th percentile
+of schedule lateness (exact samples: every instrument's lateness observation is recorded), resident memory
+(against the same process before the daemon was built) and CPU time per delivered field value. Then the
+scaling limit: N is stepped up until cycles are skipped; the limit is the largest N polled without skips.
+
+The daemon runs in this process, pinned to one core; the simulators (several endpoints per process) and
+influxd share the other core. Node-RED, the tool the issue compares with, is not run here: its row in the
+table says so (see bench/NOTES.md).
+
+    .venv/bin/python -m bench.fleet                  # 1000 instruments for 60 s, then steps up to 4000
+    .venv/bin/python -m bench.fleet --seconds 300    # the issue's 5-minute window
+    .venv/bin/python -m bench.fleet --quick          # 20 instruments for 3 s: the smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import math
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+from bench import pipeline
+from bench.common import (
+    BLOCK_REGISTERS,
+    Figure,
+    cpu_seconds,
+    emit,
+    free_port,
+    instrument_points,
+    pin,
+    ratio,
+    rss_mb,
+)
+from edge_daq.config.loader import load_config
+from edge_daq.daemon import Daemon
+from edge_daq.stats import Histogram
+from simulators.modbus_server import ModbusTcpServer, RegisterMapDevice
+from tests.servers import InfluxDBv1Server
+
+INTERVAL = 1.0
+POINTS_PER_INSTRUMENT = 30
+LATENESS_TARGET = 0.020
+MEMORY_TARGET_MB = 150.0
+SIMULATOR_PROCESSES = 2
+
+
+class FleetDevice(RegisterMapDevice):
+    """Fixed contents of one block: costs the simulator as little as possible per read."""
+
+    def __init__(self, unit: int) -> None:
+        self.highest_address = BLOCK_REGISTERS - 1
+        self.values = {address: (unit * 100 + address * 7) & 0x7FFF for address in range(BLOCK_REGISTERS)}
+
+    def register_values(self) -> dict[int, int]:
+        return self.values
+
+
+async def serve_fleet(ports: list[int], units: int) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        for port in ports:
+            devices = {unit: FleetDevice(unit) for unit in range(1, units + 1)}
+            await stack.enter_async_context(ModbusTcpServer(devices, port=port))
+        await asyncio.Event().wait()
+
+
+def start_simulators(endpoints: int, units: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    ports = [free_port() for _ in range(endpoints)]
+    processes = []
+    for index in range(SIMULATOR_PROCESSES):
+        mine = ports[index::SIMULATOR_PROCESSES]
+        if not mine:
+            continue
+        command = [sys.executable, "-m", "bench.fleet", "--serve", ",".join(map(str, mine)), "--units", str(units)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pin(process.pid, pipeline.SERVER_CORE)
+        processes.append(process)
+    pipeline.wait_for_ports(ports)
+    return processes, ports
+
+
+def write_config(folder: Path, influx_url: str, database: str, ports: list[int], instruments: int) -> Path:
+    """Instrument k is unit k // endpoints + 1 on endpoint k % endpoints: every link gets its share."""
+    folder.mkdir()
+    points = []
+    for point in instrument_points():
+        points.append("      - {" + ", ".join(f"{key}: {value}" for key, value in point.items()) + "}")
+    lines = ["rig: fleet", "tags: {test: HTOL, lot: L2611-03}", "instruments:"]
+    for k in range(instruments):
+        port, unit = ports[k % len(ports)], k // len(ports) + 1
+        lines += [f"  - name: i{k:05d}", "    driver: modbus-tcp", "    host: 127.0.0.1", f"    port: {port}"]
+        lines += [f"    unit: {unit}", f"    interval: {INTERVAL}s", "    timeout: 1s", "    points:", *points]
+    (folder / "rigs.d").mkdir()
+    (folder / "rigs.d" / "fleet.yaml").write_text("\n".join(lines) + "\n")
+    gateway = folder / "edge-daq.yaml"
+    gateway.write_text(
+        f"gateway: gw-fleet\nrigs: rigs.d/\nbuffer: {{memory_records: 100000}}\nlog: {{level: warning}}\n"
+        f"outputs:\n  influxdb: {{url: {influx_url}, api: v1, database: {database}, batch_size: 5000}}\n"
+    )
+    return gateway
+
+
+class RecordingHistogram(Histogram):
+    """The lateness histogram, keeping every observation made while ``recording`` is on."""
+
+    recording: ClassVar[bool] = False
+    samples: ClassVar[list[float]] = []  # shared by every instrument: one list of the whole fleet's samples
+
+    def observe(self, value: float) -> None:
+        super().observe(value)
+        if RecordingHistogram.recording:
+            RecordingHistogram.samples.append(value)
+
+
+@dataclass(slots=True)
+class FleetRun:
+    instruments: int
+    seconds: float
+    polls: int
+    skipped: int
+    failures: int
+    values: int
+    cpu_seconds: float
+    rss_before_mb: float
+    rss_peak_mb: float
+    lateness: list[float] = field(repr=False)
+    stored_values: int = 0
+
+    def lateness_quantile(self, q: float) -> float:
+        if not self.lateness:
+            return math.nan
+        ordered = sorted(self.lateness)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+    @property
+    def cpu_per_value_us(self) -> float:
+        return 1e6 * self.cpu_seconds / self.values if self.values else math.nan
+
+    def describe(self) -> str:
+        return (
+            f"{self.instruments:>5} instruments: {self.polls:>7} polls, {self.skipped:>5} skipped, "
+            f"{self.failures} failed, p50/p99/max lateness {1e3 * self.lateness_quantile(0.5):.1f}/"
+            f"{1e3 * self.lateness_quantile(0.99):.1f}/{1e3 * max(self.lateness, default=math.nan):.1f} ms, "
+            f"RSS {self.rss_peak_mb:.0f} MB (before {self.rss_before_mb:.0f}), "
+            f"CPU {self.cpu_seconds / self.seconds:.0%} of a core, {self.cpu_per_value_us:.1f} us/value"
+        )
+
+
+async def run_fleet(
+    influx: InfluxDBv1Server, root: Path, ports: list[int], instruments: int, warmup: float, seconds: float
+) -> FleetRun:
+    database = f"fleet_{instruments}"
+    await influx.query(f"CREATE DATABASE {database}")
+    gateway = write_config(root / database, influx.url, database, ports, instruments)
+    gc.collect()
+    rss_before = rss_mb()
+    daemon = Daemon(load_config(gateway), drain_timeout=60)
+    for stats in daemon.stats.instruments:
+        stats.lateness = RecordingHistogram()
+    RecordingHistogram.samples = []
+    stop = asyncio.Event()
+    async with asyncio.TaskGroup() as group:
+        run = group.create_task(daemon.run(stop), name="fleet daemon")
+        await asyncio.sleep(warmup)
+        totals = daemon.stats.instruments
+        polls0, skipped0, failures0 = (sum(getattr(s, key) for s in totals) for key in ("polls", "skipped", "failures"))
+        records0, cpu0, started = sum(s.records for s in totals), cpu_seconds(), time.perf_counter()
+        RecordingHistogram.recording = True
+        rss_peak = rss_mb()
+        while (left := started + seconds - time.perf_counter()) > 0:
+            await asyncio.sleep(min(1.0, left))
+            rss_peak = max(rss_peak, rss_mb())
+        RecordingHistogram.recording = False
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds() - cpu0
+        result = FleetRun(
+            instruments=instruments,
+            seconds=elapsed,
+            polls=sum(s.polls for s in totals) - polls0,
+            skipped=sum(s.skipped for s in totals) - skipped0,
+            failures=sum(s.failures for s in totals) - failures0,
+            values=(sum(s.records for s in totals) - records0) * POINTS_PER_INSTRUMENT,
+            cpu_seconds=cpu,
+            rss_before_mb=rss_before,
+            rss_peak_mb=rss_peak,
+            lateness=RecordingHistogram.samples,
+        )
+        stop.set()
+    report = run.result()
+    if not report.complete:
+        raise RuntimeError(f"the fleet left records undelivered: {report.undelivered}")
+    _, result.stored_values = await pipeline.count_values(influx, database)
+    await influx.query(f"DROP DATABASE {database}")
+    del daemon
+    return result
+
+
+async def measure(args: argparse.Namespace) -> tuple[FleetRun, list[FleetRun]]:
+    pin(0, pipeline.PIPELINE_CORE)
+    largest = max([args.instruments, *args.steps])
+    units = -(-largest // args.endpoints)
+    with tempfile.TemporaryDirectory(prefix="edge-daq-fleet-") as folder:
+        root = Path(folder)
+        influx = InfluxDBv1Server(root / "influxdb")
+        influx.start()
+        simulators: list[subprocess.Popen[bytes]] = []
+        try:
+            assert influx.pid is not None
+            pin(influx.pid, pipeline.SERVER_CORE)
+            simulators, ports = start_simulators(args.endpoints, units)
+            main = await run_fleet(influx, root, ports, args.instruments, args.warmup, args.seconds)
+            print(main.describe(), flush=True)
+            steps = []
+            for count in args.steps:
+                step = await run_fleet(influx, root, ports, count, args.warmup, args.step_seconds)
+                print(step.describe(), flush=True)
+                steps.append(step)
+                if step.skipped:
+                    break
+        finally:
+            for process in simulators:
+                process.send_signal(signal.SIGTERM)
+            for process in simulators:
+                process.wait(10)
+            influx.stop()
+    return main, steps
+
+
+def report(main: FleetRun, steps: list[FleetRun], endpoints: int) -> None:
+    runs = [main, *steps]
+    clean = [run.instruments for run in runs if run.skipped == 0 and run.failures == 0]
+    limit = max(clean, default=0)
+    bounded = any(run.skipped for run in runs)
+    p99 = main.lateness_quantile(0.99)
+    due = main.polls + main.skipped
+    print(f"fleet of {main.instruments} instruments on {endpoints} endpoints, {main.seconds:.0f} s window:")
+    print(f"  skipped cycles: {main.skipped} of {due} due; p99 lateness {1e3 * p99:.1f} ms (target < 20 ms)")
+    print(
+        f"  RSS {main.rss_peak_mb:.0f} MB (target < {MEMORY_TARGET_MB:g} MB); {main.cpu_per_value_us:.1f} us CPU/value"
+    )
+    print(f"  values stored in InfluxDB over the whole run: {main.stored_values}")
+    print(f"scaling limit: {limit} instruments at 1 s without skipped cycles" + ("" if bounded else " (or more)"))
+    nodered = "Node-RED side by side (not run: see bench/NOTES.md)"
+    figures = [
+        Figure("fleet", f"fleet {main.instruments} x 30: skipped cycles", main.skipped, "cycles", "cycles due",
+               due, ratio(main.skipped, due), "0 skipped", main.skipped == 0),
+        Figure("fleet", f"fleet {main.instruments} x 30: p99 schedule lateness", 1e3 * p99, "ms", "interval (ms)",
+               1e3 * INTERVAL, p99 / INTERVAL, "p99 < 20 ms", p99 < LATENESS_TARGET),
+        Figure("fleet", f"fleet {main.instruments} x 30: resident memory", main.rss_peak_mb, "MB",
+               "same process before the daemon", main.rss_before_mb, ratio(main.rss_peak_mb, main.rss_before_mb),
+               f"< {MEMORY_TARGET_MB:g} MB, below Node-RED", main.rss_peak_mb < MEMORY_TARGET_MB),
+        Figure("fleet", f"fleet {main.instruments} x 30: CPU per delivered value", main.cpu_per_value_us, "us",
+               nodered, math.nan, math.nan, "below Node-RED", None),
+        Figure("fleet", "fleet scaling limit at 1 s without skips", limit, "instruments", nodered, math.nan,
+               math.nan, "above Node-RED (>= 1000 here)", limit >= 1000 if bounded else None,
+               "" if bounded else f"no step skipped up to {limit}: the limit is higher"),
+    ]  # fmt: skip
+    for figure in figures:
+        emit(figure)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.fleet")
+    parser.add_argument("--instruments", type=int, default=1000)
+    parser.add_argument("--endpoints", type=int, default=50, help="simulated Modbus TCP servers (one link each)")
+    parser.add_argument("--seconds", type=float, default=60.0, help="the measured window of the main run")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens")
+    parser.add_argument("--steps", default="1500,2000,3000,4000", help="fleet sizes of the scaling steps")
+    parser.add_argument("--step-seconds", type=float, default=10.0, help="the measured window of each step")
+    parser.add_argument("--quick", action="store_true", help="20 instruments for 3 s: the smoke test")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)  # a simulator child: comma-separated ports
+    parser.add_argument("--units", type=int, default=1, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        with contextlib.suppress(KeyboardInterrupt):
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            asyncio.run(serve_fleet([int(port) for port in args.serve.split(",")], args.units))
+        return 0
+    if args.quick:
+        args.instruments, args.endpoints, args.seconds, args.warmup = 20, 4, 3.0, 1.5
+        args.steps, args.step_seconds = "40", 2.0
+    args.steps = [int(step) for step in args.steps.split(",") if step]
+    main_run, steps = asyncio.run(measure(args))
+    report(main_run, steps, args.endpoints)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
