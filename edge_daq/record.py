@@ -128,6 +128,11 @@ def to_line(record: Record) -> str | None:
     return f"{record.series.line_prefix} {encoded} {record.time_ns}"
 
 
+def encode_lines(records: Iterable[Record]) -> list[bytes]:
+    """One newline-terminated line per record that has a writable field (outputs split batches by line)."""
+    return [(line + "\n").encode() for line in map(to_line, records) if line is not None]
+
+
 def to_line_protocol(records: Iterable[Record]) -> bytes:
     """A batch as a line-protocol body, one line per record, newline-terminated."""
     lines = [line for line in map(to_line, records) if line is not None]

@@ -26,7 +26,7 @@ from pydantic import Field
 
 from edge_daq.config.units import Duration, Size
 from edge_daq.errors import RetriableSinkError
-from edge_daq.record import Record, to_line
+from edge_daq.record import Record, encode_lines
 from edge_daq.sinks.base import Output, OutputConfig, WriteResult
 
 log = structlog.get_logger("edge_daq.sinks.file")
@@ -83,9 +83,10 @@ class FileOutput(Output):
             log.warning("file_output_close_failed", path=str(path), error=str(error))
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
-        lines = [(line + "\n").encode() for line in map(to_line, records) if line is not None]
+        # Encoding a large batch, writing and fsync-ing take milliseconds to seconds on an SD card: never on
+        # the event loop.
+        lines = await asyncio.to_thread(encode_lines, records)
         try:
-            # Writing and fsync-ing take milliseconds to seconds on an SD card: never on the event loop.
             await asyncio.to_thread(self._append, lines)
         except OSError as error:
             # A full disk or a vanished directory: retry later, into a fresh file (the torn one is left as is).
