@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import hashlib
 import json
 import time
+import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +23,11 @@ from edge_daq import drivers
 from edge_daq.buffer.ring import BatchSource, RingBuffer, RingReader
 from edge_daq.buffer.spool import open_spool
 from edge_daq.config.loader import LoadedConfig
-from edge_daq.config.models import GatewayConfig, RigConfig
+from edge_daq.config.models import GatewayConfig, RigConfig, base_tags
 from edge_daq.delivery import OutputRunner
 from edge_daq.drivers.base import InstrumentConfig
 from edge_daq.record import FieldValue, Record, Series
+from edge_daq.reliability.engine import ReliabilityEngine
 from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrument
 from edge_daq.sinks.base import Output, OutputConfig
 from edge_daq.sinks.file import FileOutput, FileOutputConfig
@@ -37,16 +40,6 @@ log = structlog.get_logger("edge_daq.daemon")
 SUMMARY_INTERVAL = 60.0
 EVENT_MEASUREMENT = "edge_daq_event"
 DEFAULT_DRAIN_TIMEOUT = 10.0
-
-
-def base_tags(gateway: GatewayConfig, rig: RigConfig) -> dict[str, str]:
-    """Tags on every record of a rig; the identifying ones come last so a rig tag cannot overwrite them."""
-    tags = dict(rig.tags)
-    tags["gateway"] = gateway.gateway
-    if gateway.site:
-        tags["site"] = gateway.site
-    tags["rig"] = rig.rig
-    return tags
 
 
 LinkId = tuple[str, str]
@@ -97,7 +90,9 @@ def build_scheduler(
         )
         for rig, instrument in plan.members
     ]
-    return LinkScheduler(link=link, instruments=scheduled, emit=ring.append)
+    # A phase derived from the link's identity: stable across reloads, and spread evenly over many links.
+    phase = zlib.crc32(f"{driver_name} {link_key}".encode()) / 2**32
+    return LinkScheduler(link=link, instruments=scheduled, emit=ring.append, phase=phase)
 
 
 def output_configs(gateway: GatewayConfig) -> dict[str, OutputConfig]:
@@ -162,6 +157,10 @@ class Daemon:
             self._build_runner(name, output_config) for name, output_config in self._output_configs.items()
         ]
         self._runner_tasks: dict[str, asyncio.Task[None]] = {}
+        # Reliability semantics (DUTs, stress time, failures) follow the live records like an output does.
+        self.reliability = ReliabilityEngine(self)
+        self._reliability_stop = asyncio.Event()
+        self._reliability_task: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
         self._acquisition: asyncio.TaskGroup | None = None
         self.running = asyncio.Event()
@@ -221,15 +220,23 @@ class Daemon:
             for runner in self.runners:
                 self._start_runner(runner)
             acquisition = group.create_task(self._acquire(), name="acquisition")
+            self._start_reliability()
             summary = group.create_task(self._log_summaries(), name="summaries")
+            # Configs, models and drivers live as long as the daemon: keep them out of the cyclic collector's
+            # full passes, which otherwise walk them all and stall every poller for tens of milliseconds
+            # (bench/fleet.py: p99 schedule lateness). Records are freed by reference counting alone.
+            gc.collect()
+            gc.freeze()
             self.running.set()
             await stop.wait()
 
             self.running.clear()
             acquisition.cancel()
             summary.cancel()
-            # A poll in flight may still append its record: let acquisition end before the outputs drain.
+            # A poll in flight may still append its record: let acquisition end before the outputs drain, and
+            # the reliability engine write its last events and state before them too.
             await asyncio.wait([acquisition])
+            await self._stop_reliability()
             if self.spool is not None:
                 await self.spool.flush(within=self.drain_timeout)  # what is still in the ring, onto disk
             for runner in self.runners:
@@ -245,6 +252,19 @@ class Daemon:
         report = DrainReport({runner.output.name: runner.source.pending for runner in self.runners})
         log.info("daemon_stopped", undelivered=report.undelivered)
         return report
+
+    def _start_reliability(self) -> None:
+        assert self._group is not None
+        self._reliability_stop = asyncio.Event()
+        self._reliability_task = self._group.create_task(
+            self.reliability.run(self._reliability_stop), name="reliability"
+        )
+
+    async def _stop_reliability(self) -> None:
+        if self._reliability_task is not None:
+            self._reliability_stop.set()
+            await asyncio.wait([self._reliability_task])
+            self._reliability_task = None
 
     async def _acquire(self) -> None:
         async with asyncio.TaskGroup() as acquisition:
@@ -285,6 +305,10 @@ class Daemon:
         self.stats.instruments[:] = [s for s in self.stats.instruments if (s.rig, s.instrument) in current]
 
         restarted = await self._reload_outputs(output_configs(new_gateway))
+        # The engine keeps its state on disk: a new one picks it up with the new rigs, DUTs and rules.
+        await self._stop_reliability()
+        self.reliability = ReliabilityEngine(self)
+        self._start_reliability()
         needs_restart = [
             key for key in ("buffer", "http", "log") if getattr(old_gateway, key) != getattr(new_gateway, key)
         ]

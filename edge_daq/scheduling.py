@@ -38,23 +38,43 @@ LINK_REOPEN_AFTER_TIMEOUTS = 3
 """Consecutive timeouts on a link, with no success in between, after which the link is closed and reopened."""
 
 
+FIELD_NAME_TAG = "_field"
+MEASUREMENT_TAG = "_measurement"
+
+
 class RecordBuilder:
-    """Turns a poll result into records: the instrument's series, plus one per distinct per-point tag set."""
+    """Turns a poll result into records: the instrument's series, plus one per distinct per-point tag set.
+
+    Two per-point tags are reserved (InfluxDB reserves leading underscores, so they are never written):
+    ``_field`` renames the point's field inside its record and ``_measurement`` sets that record's
+    measurement. Repeated channels use them to give one record per channel with the same field names.
+    """
 
     def __init__(self, config: InstrumentConfig, base_tags: Mapping[str, str]) -> None:
         # The identifying tags come last so that no rig or instrument tag can overwrite them.
         tags = {**config.tags, **base_tags, "instrument": config.name}
         self.series = Series(config.measurement_name, tags)
         self.status_series = Series(STATUS_MEASUREMENT, self.series.tags)
-        self._field_series = {name: self.series.with_tags(tags) for name, tags in config.field_tags().items()}
+        self._field_series: dict[str, tuple[Series, str]] = {}
+        distinct: dict[tuple[str, frozenset[tuple[str, str]]], Series] = {}  # points with equal tags share a record
+        for name, point_tags in config.field_tags().items():
+            written = {key: value for key, value in point_tags.items() if key not in (FIELD_NAME_TAG, MEASUREMENT_TAG)}
+            measurement = point_tags.get(MEASUREMENT_TAG, self.series.measurement)
+            key = (measurement, frozenset(written.items()))
+            if key not in distinct:
+                distinct[key] = Series(measurement, {**self.series.tags, **written})
+            self._field_series[name] = (distinct[key], point_tags.get(FIELD_NAME_TAG, name))
 
     def build(self, fields: dict[str, FieldValue], time_ns: int) -> list[Record]:
         if not self._field_series:
             return [Record(self.series, fields, time_ns)] if fields else []
-        grouped: dict[Series, dict[str, FieldValue]] = {}
+        # Keyed by identity: a Series holds a dict, so it is not hashable, and each is built once above.
+        grouped: dict[int, tuple[Series, dict[str, FieldValue]]] = {}
+        default = (self.series, "")
         for name, value in fields.items():
-            grouped.setdefault(self._field_series.get(name, self.series), {})[name] = value
-        return [Record(series, group, time_ns) for series, group in grouped.items()]
+            series, field_name = self._field_series.get(name, default)
+            grouped.setdefault(id(series), (series, {}))[1][field_name or name] = value
+        return [Record(series, group, time_ns) for series, group in grouped.values()]
 
     def status(self, *, ok: bool, failed_points: int, latency: float, error: str, time_ns: int) -> Record:
         fields: dict[str, FieldValue] = {
@@ -89,11 +109,17 @@ class LinkScheduler:
         link: Link,
         instruments: Sequence[ScheduledInstrument],
         emit: Callable[[Record], None],
+        phase: float = 0.0,
     ) -> None:
+        """``phase`` (a fraction of an interval, 0 to 1) shifts this link's first polls; instruments on the
+        link are spread evenly after it. Links given different phases never all start their polls at once."""
         if not instruments:
             raise ValueError("a link scheduler needs at least one instrument")
+        if not 0.0 <= phase < 1.0:
+            raise ValueError("phase is a fraction of the interval, from 0 to 1")
         self.link = link
         self.instruments = list(instruments)
+        self.phase = phase
         self._emit = emit
         self._link_backoff = Backoff(0.5, 30.0)
         self._link_retry_at = 0.0
@@ -105,9 +131,12 @@ class LinkScheduler:
         loop = asyncio.get_running_loop()
         start = loop.time()
         queue: list[tuple[float, int]] = []
+        count = len(self.instruments)
         for index, scheduled in enumerate(self.instruments):
-            scheduled.next_due = start
-            queue.append((start, index))
+            # Spread the first due times over the interval: a fleet polled at the same instant turns every
+            # period into a burst, and the p99 lateness into the burst's length (bench/fleet.py).
+            scheduled.next_due = start + ((self.phase + index / count) % 1.0) * scheduled.config.interval
+            queue.append((scheduled.next_due, index))
         heapq.heapify(queue)
         task = asyncio.current_task()
         try:

@@ -29,8 +29,11 @@ DUT model: each socket's baseline current is drawn once from a normal distributi
 ``drift_per_hour``, relative), as leakage grows during burn-in. Stress time accrues only while bias is on.
 A socket whose current exceeds the limit latches its over-current flag and its supply switches off until
 the latch is cleared (it trips again if the cause is still there). ``failures`` inject a DUT failure at a
-stress time: ``open`` (no current), ``short`` (the supply's 800 mA current limit) or ``leak`` (a step of
-half the baseline). The same hook will take Weibull-drawn failure times per DUT later.
+stress time: ``open`` (no current), ``short`` (the supply's 800 mA current limit, which trips the latch),
+``leak`` (a current step of half the baseline) or ``latch`` (the over-current flag latches with no current
+step, as a latch-up does). ``weibull=(beta, eta)`` draws every other socket's failure time from a Weibull
+distribution (eta in model seconds of stress) and its mode from ``weibull_modes``, seeded per socket:
+:meth:`BurnInBoard.failure_plan` is the injected truth.
 
 Everything is computed lazily from the model clock on each access; readings carry seeded noise that
 changes once per 0.1 s of model time (the board's ADC scan).
@@ -54,7 +57,7 @@ from simulators.modbus_server import (
     to_u16,
 )
 
-FailureMode = Literal["open", "short", "leak"]
+FailureMode = Literal["open", "short", "leak", "latch"]
 
 MAX_SOCKETS = 128
 FIRMWARE_VERSION = 0x0103
@@ -92,7 +95,7 @@ class Failure:
         """From ``SOCKET:AT_SECONDS:MODE``, e.g. ``3:3600:short``."""
         parts = text.split(":")
         if len(parts) != 3 or parts[2] not in get_args(FailureMode):
-            raise ValueError(f"expected SOCKET:AT_SECONDS:MODE with MODE open|short|leak, got {text!r}")
+            raise ValueError(f"expected SOCKET:AT_SECONDS:MODE with MODE open|short|leak|latch, got {text!r}")
         try:
             socket, at_stress_s = int(parts[0]), float(parts[1])
         except ValueError:
@@ -119,7 +122,12 @@ class _Socket:
             return 0.0
         if self.failure.mode == "short":
             return SUPPLY_CURRENT_LIMIT_MA
+        if self.failure.mode == "latch":
+            return current
         return current + 0.5 * self.baseline_ma
+
+    def latched_up(self, stress_s: float) -> bool:
+        return self.failure is not None and self.failure.mode == "latch" and stress_s >= self.failure.at_stress_s
 
 
 class BurnInBoard(RegisterMapDevice):
@@ -143,6 +151,8 @@ class BurnInBoard(RegisterMapDevice):
         temperature: float = 125.0,
         bias: bool = True,
         failures: Iterable[Failure] = (),
+        weibull: tuple[float, float] | None = None,
+        weibull_modes: Sequence[FailureMode] = ("leak", "open", "short", "latch"),
     ) -> None:
         if not 1 <= sockets <= MAX_SOCKETS:
             raise ValueError(f"sockets must be 1..{MAX_SOCKETS}, got {sockets}")
@@ -169,6 +179,17 @@ class BurnInBoard(RegisterMapDevice):
             if failure.socket > sockets:
                 raise ValueError(f"failure on socket {failure.socket}, but the board has {sockets} sockets")
             failure_by_socket[failure.socket] = failure
+        if weibull is not None:
+            beta, eta = weibull
+            if not (beta > 0 and eta > 0) or not weibull_modes:
+                raise ValueError("weibull needs BETA > 0, ETA > 0 and at least one mode")
+            if unknown := [mode for mode in weibull_modes if mode not in get_args(FailureMode)]:
+                raise ValueError(f"unknown failure modes {unknown}: expected open, short, leak, latch")
+            for socket in range(1, sockets + 1):
+                # Its own generator, so the drawn lives do not change the DUTs' currents (and vice versa).
+                life = random.Random(f"burnin-board:{seed}:{unit}:weibull:{socket}")
+                at = life.weibullvariate(eta, beta)
+                failure_by_socket.setdefault(socket, Failure(socket, at, life.choice(list(weibull_modes))))
         self._sockets: list[_Socket] = []
         for socket in range(1, sockets + 1):
             # One generator per socket: a socket's DUT does not change when the socket count does.
@@ -191,11 +212,17 @@ class BurnInBoard(RegisterMapDevice):
         if not self.bias:
             return
         for dut in self._sockets:
-            if not dut.over_current and dut.current_ma(self.stress_s) > self.limit_ma:
+            if not dut.over_current and (
+                dut.current_ma(self.stress_s) > self.limit_ma or dut.latched_up(self.stress_s)
+            ):
                 dut.over_current = True
 
     def _supply_on(self, dut: _Socket) -> bool:
         return self.bias and not dut.over_current
+
+    def failure_plan(self) -> list[Failure]:
+        """Every failure this board will inject (explicit and Weibull-drawn), by socket."""
+        return [dut.failure for dut in self._sockets if dut.failure is not None]
 
     def socket_current_ma(self, socket: int) -> float:
         """The noiseless current of socket ``socket`` (1-based) now, in mA (0 with its supply off)."""
@@ -297,7 +324,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         type=_failure_argument,
         metavar="SOCKET:AT_SECONDS:MODE",
-        help="inject a DUT failure after AT_SECONDS of stress time; MODE open|short|leak (repeatable)",
+        help="inject a DUT failure after AT_SECONDS of stress time; MODE open|short|leak|latch (repeatable)",
+    )
+    parser.add_argument(
+        "--weibull",
+        type=_weibull_argument,
+        default=None,
+        metavar="BETA,ETA",
+        help="draw each other socket's failure time from Weibull(BETA, ETA model seconds of stress), seeded",
+    )
+    parser.add_argument(
+        "--weibull-modes",
+        default="leak,open,short,latch",
+        metavar="MODE,...",
+        help="failure modes the drawn failures pick from (default leak,open,short,latch)",
     )
 
 
@@ -306,6 +346,16 @@ def _failure_argument(text: str) -> Failure:
         return Failure.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _weibull_argument(text: str) -> tuple[float, float]:
+    try:
+        beta, eta = (float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected BETA,ETA such as 1.5,36000, got {text!r}") from None
+    if not (beta > 0 and eta > 0):
+        raise argparse.ArgumentTypeError(f"BETA and ETA must be > 0, got {text!r}")
+    return beta, eta
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -317,4 +367,6 @@ def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
         "temperature": args.temperature,
         "bias": args.bias == "on",
         "failures": tuple(args.failures),
+        "weibull": args.weibull,
+        "weibull_modes": tuple(mode for mode in args.weibull_modes.split(",") if mode),
     }

@@ -21,7 +21,14 @@ reg   meaning                                                type               
 610   input 2 sensor type: 0 thermocouple                    uint16
 616   input 2 decimal places (0..3)                          uint16                  yes
 901   temperature scale: 1 degC, 0 degF                      uint16                  yes
+210   digital inputs; bit 3 is the chamber door switch       uint16 bits             yes*
 ====  =====================================================  ======================  =====
+
+(*) The door switch wired to digital input 4 is this simulator's own wiring, not part of Watlow's map; a
+write to 210 opens (bit 3 set) or closes the door, so a test can command it. ``door_schedule`` and
+``power_loss`` take ``(at, duration)`` pairs in model seconds: while the door is open the air relaxes toward
+ambient; while the power is off the controller is silent (its Modbus TCP gateway answers exception 0x0B,
+"target device failed to respond") and the air cools toward ambient, then heats back once power returns.
 
 Other addresses up to 901 read 0x0000 (Watlow returns 0 for inactive parameters) and refuse writes with
 exception 02; reads past 901 are exception 02. A set point outside the range 602..603 is exception 03.
@@ -41,11 +48,12 @@ from __future__ import annotations
 import argparse
 import math
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from simulators.modbus_server import (
     IllegalDataValue,
+    ModbusExceptionResponse,
     ModelClock,
     RegisterMapDevice,
     from_i16,
@@ -69,13 +77,21 @@ REG_SP1, REG_SP2 = 300, 319
 REG_SENSOR1, REG_RANGE_LOW, REG_RANGE_HIGH, REG_DECIMALS1, REG_UNITS1 = 600, 602, 603, 606, 608
 REG_SENSOR2, REG_DECIMALS2 = 610, 616
 REG_TEMP_SCALE = 901
+REG_DIGITAL_INPUTS, DOOR_BIT = 210, 0x0008
+Window = tuple[float, float]  # (start, duration) in model seconds
+
+
+class GatewayTargetFailed(ModbusExceptionResponse):
+    """What the Modbus TCP gateway in front of a powered-off F4 answers."""
+
+    code = 0x0B
 
 
 class WatlowF4(RegisterMapDevice):
     """One F4 controller (one Modbus unit) driving a chamber's air temperature toward set point 1."""
 
     highest_address = REG_TEMP_SCALE
-    writable_registers = frozenset({REG_SP1, REG_SP2, REG_DECIMALS1, REG_DECIMALS2, REG_TEMP_SCALE})
+    writable_registers = frozenset({REG_SP1, REG_SP2, REG_DECIMALS1, REG_DECIMALS2, REG_TEMP_SCALE, REG_DIGITAL_INPUTS})
 
     def __init__(
         self,
@@ -91,6 +107,8 @@ class WatlowF4(RegisterMapDevice):
         range_low: float = -70.0,
         range_high: float = 180.0,
         noise: float = 0.05,
+        door_schedule: Sequence[Window] = (),
+        power_loss: Sequence[Window] = (),
     ) -> None:
         if time_constant <= 0 or max_heat_rate <= 0 or max_cool_rate <= 0:
             raise ValueError("time_constant and the heat/cool rates must be positive")
@@ -113,6 +131,9 @@ class WatlowF4(RegisterMapDevice):
         self.decimals2 = 1
         self.temperature_scale = SCALE_CELSIUS
         self._air = ambient  # degC, noiseless
+        self.door_schedule = list(door_schedule)
+        self.power_loss = list(power_loss)
+        self.door_commanded = False
         self._model_time = self.clock.now()
 
     # -- thermal model
@@ -123,14 +144,32 @@ class WatlowF4(RegisterMapDevice):
         self._advance()
         return self._air
 
+    @staticmethod
+    def _inside(windows: Sequence[Window], t: float) -> bool:
+        return any(start <= t < start + duration for start, duration in windows)
+
+    def door_open_at(self, t: float) -> bool:
+        return self.door_commanded or self._inside(self.door_schedule, t)
+
+    def powered_at(self, t: float) -> bool:
+        return not self._inside(self.power_loss, t)
+
     def _advance(self) -> None:
-        """Integrate the air temperature up to now: a rate-limited ramp, then an exponential approach."""
+        """Integrate the air temperature up to now, piecewise between door and power events."""
         now = self.clock.now()
-        elapsed = now - self._model_time
-        if elapsed <= 0:
-            return
-        self._model_time = now
-        error = self.setpoint1 - self._air
+        edges = sorted(
+            {edge for start, duration in [*self.door_schedule, *self.power_loss] for edge in (start, start + duration)}
+        )
+        while self._model_time < now:
+            end = next((edge for edge in edges if edge > self._model_time and edge < now), now)
+            t = self._model_time
+            held = self.powered_at(t) and not self.door_open_at(t)
+            self._integrate(end - t, self.setpoint1 if held else self.ambient)
+            self._model_time = end
+
+    def _integrate(self, elapsed: float, target: float) -> None:
+        """A rate-limited ramp toward ``target``, then an exponential approach."""
+        error = target - self._air
         max_rate = self.max_heat_rate if error > 0 else self.max_cool_rate
         # Below this error the proportional demand error/tau no longer exceeds what the plant can deliver.
         knee = self.time_constant * max_rate
@@ -141,7 +180,7 @@ class WatlowF4(RegisterMapDevice):
                 return
             elapsed -= saturated_time
             error = math.copysign(knee, error)
-        self._air = self.setpoint1 - error * math.exp(-elapsed / self.time_constant)
+        self._air = target - error * math.exp(-elapsed / self.time_constant)
 
     def _output_power(self) -> float:
         """Loop 1 output in %, heat positive: full heat or cool while the ramp is rate-limited, blending
@@ -166,6 +205,8 @@ class WatlowF4(RegisterMapDevice):
 
     def register_values(self) -> Mapping[int, int]:
         self._advance()
+        if not self.powered_at(self._model_time):
+            raise GatewayTargetFailed("the controller is powered off")
         scan = random.Random(f"watlow-f4:{self.seed}:{self.unit}:{math.floor(self._model_time / INPUT_SAMPLE_PERIOD)}")
 
         def noise(amplitude: float) -> float:
@@ -194,6 +235,7 @@ class WatlowF4(RegisterMapDevice):
             REG_SENSOR2: SENSOR_THERMOCOUPLE,
             REG_DECIMALS2: self.decimals2,
             REG_TEMP_SCALE: self.temperature_scale,
+            REG_DIGITAL_INPUTS: DOOR_BIT if self.door_open_at(self._model_time) else 0,
         }
 
     def _setpoint_from_register(self, register: int, decimals: int) -> float:
@@ -226,6 +268,8 @@ class WatlowF4(RegisterMapDevice):
             self.decimals2 = value
         elif address == REG_TEMP_SCALE:
             self.temperature_scale = value
+        elif address == REG_DIGITAL_INPUTS:
+            self.door_commanded = bool(value & DOOR_BIT)
 
 
 # -- CLI glue, used by the registry
@@ -239,7 +283,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--time-constant", type=float, default=60.0, help="first-order lag of the chamber air, model seconds"
     )
+    parser.add_argument(
+        "--door-open", type=_window, action="append", default=[], metavar="AT:DURATION",
+        help="open the door at AT model seconds for DURATION (repeatable; register 210 bit 3)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--power-loss", type=_window, action="append", default=[], metavar="AT:DURATION",
+        help="cut the controller's power at AT model seconds for DURATION (repeatable)",
+    )  # fmt: skip
+
+
+def _window(text: str) -> Window:
+    try:
+        start, duration = (float(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AT:DURATION in model seconds, got {text!r}") from None
+    if not (start >= 0 and duration > 0):
+        raise argparse.ArgumentTypeError(f"AT must be >= 0 and DURATION > 0, got {text!r}")
+    return start, duration
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return {"setpoint": args.setpoint, "ambient": args.ambient, "time_constant": args.time_constant}
+    return {
+        "setpoint": args.setpoint,
+        "ambient": args.ambient,
+        "time_constant": args.time_constant,
+        "door_schedule": tuple(args.door_open),
+        "power_loss": tuple(args.power_loss),
+    }

@@ -117,24 +117,25 @@ async def times_in(influxdb: InfluxDBv1Server, database: str, measurement: str) 
     return [int(row["time"]) for row in rows]
 
 
-async def all_times(influxdb: InfluxDBv1Server, database: str) -> set[tuple[str, str, int]]:
-    """Every point of the database as (measurement, instrument, time)."""
-    points: set[tuple[str, str, int]] = set()
+async def all_times(influxdb: InfluxDBv1Server, database: str) -> set[tuple[str, str, str, int]]:
+    """Every point of the database as (measurement, instrument, socket, time): a burn-in board gives one record
+    per socket and poll (repeated channels)."""
+    points: set[tuple[str, str, str, int]] = set()
     for measurement in ("dut", scheduling.STATUS_MEASUREMENT):
         rows = await influxdb.select(f'SELECT * FROM "{measurement}" GROUP BY *', database=database)
-        points.update((measurement, row["instrument"], int(row["time"])) for row in rows)
+        points.update((measurement, row["instrument"], row.get("socket") or "", int(row["time"])) for row in rows)
     return points
 
 
-def held_in_spool(spool_dir: Path) -> dict[Path, list[tuple[str, str, int, int]]]:
-    """Per segment: (measurement, instrument, time, end offset) of every record it holds."""
+def held_in_spool(spool_dir: Path) -> dict[Path, list[tuple[str, str, str, int, int]]]:
+    """Per segment: (measurement, instrument, socket, time, end offset) of every record it holds."""
     held = {}
     for path in sorted(spool_dir.glob("*" + fmt.SEGMENT_SUFFIX)):
         chunk = fmt.read_records(
             path, fmt.HEADER_SIZE, path.stat().st_size, max_records=10**9, max_bytes=1 << 20, series={}, intern=Series
         )
         held[path] = [
-            (r.measurement, r.tags["instrument"], r.time_ns, end)
+            (r.measurement, r.tags["instrument"], r.tags.get("socket", ""), r.time_ns, end)
             for r, end in zip(chunk.records, chunk.ends, strict=True)
         ]
     return held
@@ -326,10 +327,10 @@ async def test_truncated_and_corrupted_segments_are_repaired_and_the_rest_delive
             file.write(b"\x00" * 8)
         victim = held[flipped][len(held[flipped]) // 2]
         data = bytearray(flipped.read_bytes())
-        data[victim[3] - 3] ^= 0x10  # inside that record's payload
+        data[victim[4] - 3] ^= 0x10  # inside that record's payload
         flipped.write_bytes(bytes(data))
         with torn.open("r+b") as file:
-            file.truncate(held[torn][-1][3] - 4)  # the last record half written, and no seal
+            file.truncate(held[torn][-1][4] - 4)  # the last record half written, and no seal
 
         up = write_gateway(
             tmp_path, influx_url=influxdb_v1.url, database=database, sim_port=sim.port, instruments=2, buffer=buffer
@@ -338,10 +339,10 @@ async def test_truncated_and_corrupted_segments_are_repaired_and_the_rest_delive
             spool_stats = second.stats.spool
             assert spool_stats is not None
             await until(lambda: second.stats.outputs[0].pending_records == 0)
-    expected = {record[:3] for path in segments if path != bad_header for record in held[path]}
-    expected -= {victim[:3], held[torn][-1][:3]}
+    expected = {record[:4] for path in segments if path != bad_header for record in held[path]}
+    expected -= {victim[:4], held[torn][-1][:4]}
     stored = await all_times(influxdb_v1, database)
-    from_before = {point for point in stored if point[2] <= max(r[2] for r in held[torn])}
+    from_before = {point for point in stored if point[3] <= max(r[3] for r in held[torn])}
     assert from_before == expected
     assert len(stored - from_before) == second.ring.appended  # and the new run's records, all of them
     assert (spool_stats.corrupt_segments, spool_stats.corrupt_records) == (1, 1)

@@ -27,7 +27,7 @@ from simulators.watlow_f4 import WatlowF4
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "config" / "profiles"
-PROFILE_KEYS = {"profile", "driver", "byte_order", "address_base", "timeout", "interval", "points"}
+PROFILE_KEYS = {"profile", "driver", "byte_order", "address_base", "timeout", "interval", "points", "channels"}
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -533,6 +533,12 @@ def load_profile(name: str) -> dict[str, Any]:
     profile: dict[str, Any] = yaml.safe_load(text)
     assert profile["profile"] == name
     assert set(profile) <= PROFILE_KEYS
+    if "channels" in profile:  # repeated channels, expanded as the loader does: v01, i01, oc01, v02, ...
+        channels = profile.pop("channels")
+        for channel in range(1, channels["count"] + 1):
+            for point in channels["points"]:
+                address = point["address"] + channels["stride"] * (channel - 1)
+                profile["points"].append({**point, "name": f"{point['name']}{channel:02d}", "address": address})
     return profile
 
 

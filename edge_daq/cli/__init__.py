@@ -43,6 +43,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_probe_arguments(probe)
 
+    from edge_daq.cli import life as life_cli
+    from edge_daq.cli import report as report_cli
+    from edge_daq.cli import test_cmd
+
+    test_cmd.add_test_arguments(
+        commands.add_parser("test", help="start, pause, resume or stop a test on the running daemon; remove a DUT")
+    )
+    test_cmd.add_note_arguments(commands.add_parser("note", help="record an operator note as an event of a rig"))
+    life_cli.add_arguments(commands.add_parser("life", help="write a rig's life table (one row per DUT) as CSV"))
+    report_cli.add_arguments(
+        commands.add_parser("report", help="Weibull fit, FIT rate and probability plot of a rig's life data")
+    )
+
     # Listed for --help only: main() hands `simulate ...` to the simulators' own parser.
     commands.add_parser("simulate", help="run a simulated instrument (see `edge-daq simulate --list`)")
 
@@ -72,6 +85,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_daq.cli.run import run_daemon
 
             return run_daemon(args.config, log_level=args.log_level, log_json=args.log_json or None)
+        if args.command in ("test", "note", "life", "report"):
+            from edge_daq.cli import life as life_cli
+            from edge_daq.cli import report as report_cli
+            from edge_daq.cli import test_cmd
+
+            if args.command == "test":
+                return test_cmd.run_test(args, sys.stdout)
+            if args.command == "note":
+                return test_cmd.run_note(args, sys.stdout)
+            if args.command == "life":
+                return life_cli.run_life(args, sys.stdout)
+            return report_cli.run_report(args, sys.stdout)
         if args.command == "probe":
             from edge_daq.cli.probe import run_probe
 

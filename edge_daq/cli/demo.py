@@ -45,7 +45,14 @@ def run_demo(*, config: Path | None, out: Path, duration: float | None, live: bo
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return 2
-    gateway = loaded.gateway.model_copy(update={"outputs": OutputsConfig(file=FileOutputConfig(dir=out.resolve()))})
+    # Everything the demo writes stays in its output folder: the line protocol, and the test state of rigs
+    # under reliability test (stress time, DUT states, the event journal).
+    gateway = loaded.gateway.model_copy(
+        update={
+            "outputs": OutputsConfig(file=FileOutputConfig(dir=out.resolve())),
+            "state_dir": out.resolve() / "state",
+        }
+    )
     loaded = dataclasses.replace(loaded, gateway=gateway)
     console = Console()
     live = live and console.is_terminal
@@ -117,7 +124,9 @@ class LatestValues:
             await self.reader.wait(1, max_wait=0.5)
             batch = self.reader.read(10_000)
             for record in batch.records:
-                key = (record.tags.get("rig", ""), record.tags.get("instrument", ""))
+                if "instrument" not in record.tags:
+                    continue  # rig and gateway events: the reliability table shows their effect
+                key = (record.tags["rig"], record.tags["instrument"])
                 target = self.status if record.measurement == STATUS_MEASUREMENT else self.latest
                 target[key] = record
             self.records += len(batch.records)
@@ -151,7 +160,29 @@ def _table(view: LatestValues, daemon: Daemon) -> Group:
     outputs = "  ".join(
         f"{stats.output}: {stats.delivered} delivered, {stats.retries} retries" for stats in daemon.stats.outputs
     )
-    return Group(table, Text(outputs))
+    return Group(table, _reliability_table(daemon), Text(outputs))
+
+
+def _reliability_table(daemon: Daemon) -> Table:
+    """Stress time and DUT states of every rig under test (the rig file's test, stress and failures keys)."""
+    table = Table(title="tests: stress time and failures", expand=True)
+    for column in ("rig", "test", "stress time", "stress", "DUTs active", "failed", "removed"):
+        table.add_column(column)
+    for rig in daemon.reliability.rigs.values():
+        status = rig.status()
+        test = status["test"] or {}
+        holding = Text("holding", style="green") if status["holding"] else Text(str(status["reason"]), style="yellow")
+        duts = status["duts"]
+        table.add_row(
+            status["rig"],
+            f"{test.get('id', '-')} ({test.get('kind', '-')})" if test else "-",
+            f"{status['stress_h']:.3f} h",
+            holding,
+            str(duts.get("active", 0)),
+            Text(str(duts.get("failed", 0)), style="red" if duts.get("failed") else ""),
+            str(duts.get("removed", 0)),
+        )
+    return table
 
 
 async def _show(view: LatestValues, daemon: Daemon, stop: asyncio.Event, live: bool, console: Console) -> None:

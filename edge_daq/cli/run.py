@@ -18,6 +18,7 @@ from edge_daq.config.loader import LoadedConfig, load_config
 from edge_daq.daemon import Daemon
 from edge_daq.errors import ConfigError
 from edge_daq.logs import configure_logging
+from edge_daq.loop import install_event_loop_policy
 from edge_daq.service.notify import Notifier
 
 
@@ -30,6 +31,7 @@ def run_daemon(config_path: Path, *, log_level: str | None = None, log_json: boo
         print(f"edge-daq: not started: {len(error.issues)} configuration problem(s)", file=sys.stderr)
         return 2
     configure_logging(log_level or config.gateway.log.level, json=log_json)
+    install_event_loop_policy()
     return asyncio.run(_serve(config))
 
 

@@ -29,6 +29,8 @@ from edge_daq.config.yaml_loader import LocatedDict, LocatedList, Mark, YamlDocu
 from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig
 from edge_daq.drivers.modbus.config import ModbusInstrumentConfig
 from edge_daq.errors import ConfigError, ConfigIssue
+from edge_daq.reliability.config import DutConfig
+from edge_daq.reliability.expand import FIELD_TAG, dut_issues, expand_channels, read_duts_csv
 
 SECRET_KEYS = frozenset({"token", "password"})
 SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
@@ -224,6 +226,8 @@ class _Session:
         sample["name"] = profile.name
         for key in profile.values:
             sample.take(profile.values, key)
+        if "channels" in sample:
+            self.issues.extend(expand_channels(sample, [], []))
         try:
             _INSTRUMENT.validate_python(sample)
         except ValidationError as error:
@@ -260,8 +264,9 @@ class _Session:
         raw_instruments = data.get("instruments")
         if not isinstance(raw_instruments, LocatedList):
             return self.validate(RigConfig, data), []  # pydantic reports a missing or malformed list
-        sources = [self._apply_profile(item, profiles) for item in raw_instruments]
+        sources = [_copy(self._apply_profile(item, profiles)) for item in raw_instruments]
         self.issues.extend(check_duplicate_instruments(sources))
+        duts = self._expand_reliability(data, sources)
         configs: list[InstrumentConfig] = []
         placed: list[PlacedInstrument] = []
         for source, mark in zip(sources, raw_instruments.item_marks, strict=True):
@@ -281,8 +286,47 @@ class _Session:
         for key in data:
             rig_input.take(data, key)
         rig_input["instruments"] = configs
+        if duts is not None:
+            rig_input["duts"] = duts
         rig = self.validate(RigConfig, rig_input)
-        return (rig if len(configs) == len(raw_instruments) else None), placed
+        if rig is not None:
+            self.issues.extend(check_point_references(rig, data))
+        return (rig if len(configs) == len(raw_instruments) and duts is not None else None), placed
+
+    def _expand_reliability(self, data: LocatedDict, sources: list[object | None]) -> list[DutConfig] | None:
+        """Read the DUTs (inline, then ``duts_csv``) and expand ``channels:`` in place; None on any issue."""
+        raw_duts = LocatedList(data.value_mark("duts"))
+        inline = data.get("duts")
+        if isinstance(inline, LocatedList):
+            raw_duts.extend(inline)
+            raw_duts.item_marks.extend(inline.item_marks)
+        csv_name = data.get("duts_csv")
+        issues: list[ConfigIssue] = []
+        if isinstance(csv_name, str):
+            rows, csv_issues = read_duts_csv(Path(data.mark.path).parent / csv_name, data.value_mark("duts_csv"))
+            issues.extend(csv_issues)
+            raw_duts.extend(rows)
+            raw_duts.item_marks.extend(rows.item_marks)
+        placed_duts: list[tuple[DutConfig, Mark]] = []
+        for index, item in enumerate(raw_duts):
+            mark = raw_duts.item_mark(index)
+            try:
+                placed_duts.append((DutConfig.model_validate(item), mark))
+            except ValidationError as error:
+                issues.extend(validation_issues(error.errors(), item, mark, root=DutConfig))
+        with_channels = [
+            s["name"]
+            for s in sources
+            if isinstance(s, LocatedDict) and "channels" in s and isinstance(s.get("name"), str)
+        ]
+        if placed_duts:
+            issues.extend(dut_issues(placed_duts, with_channels))
+        duts = [dut for dut, _ in placed_duts]
+        for source in sources:
+            if isinstance(source, LocatedDict) and "channels" in source:
+                issues.extend(expand_channels(source, duts, with_channels))
+        self.issues.extend(issues)
+        return None if issues else duts
 
     def _apply_profile(self, item: object, profiles: dict[str, Profile]) -> object | None:
         """The instrument with every key of its profile that it does not give itself; None if unknown."""
@@ -364,6 +408,65 @@ class _Session:
                 self.issues.append(mark.issue(f"cannot read {what} {folder}: {error.strerror or error}"))
             return []
         return sorted(p for p in entries if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
+
+
+def _copy(item: object | None) -> object | None:
+    """A shallow copy of an instrument mapping, so expanding it leaves the document (and its hash) as read."""
+    if not isinstance(item, LocatedDict):
+        return item
+    copy = LocatedDict(item.mark)
+    for key in item:
+        copy.take(item, key)
+    return copy
+
+
+def _record_fields(config: InstrumentConfig) -> set[str]:
+    """Fields of an instrument's main record: its points, less those split into per-channel records."""
+    names: set[str] = set()
+    for point in getattr(config, "points", []):
+        if FIELD_TAG in (getattr(point, "tags", None) or {}):
+            continue
+        name, fields = getattr(point, "name", None), getattr(point, "fields", None)
+        names.update([name] if isinstance(name, str) else fields or [])
+    return names
+
+
+def _channel_fields(config: InstrumentConfig) -> set[str]:
+    return {tags[FIELD_TAG] for tags in config.field_tags().values() if FIELD_TAG in tags}
+
+
+def check_point_references(rig: RigConfig, data: LocatedDict) -> list[ConfigIssue]:
+    """``instrument.point`` in stress conditions must name a real point; failure rules a per-channel field."""
+    fields = {instrument.name: _record_fields(instrument) for instrument in rig.instruments}
+    channel_fields = set().union(*(_channel_fields(instrument) for instrument in rig.instruments))
+    issues: list[ConfigIssue] = []
+
+    def check(reference: str, mark: Mark) -> None:
+        instrument, _, point = reference.rpartition(".")
+        if instrument not in fields:
+            issues.append(mark.issue(f"no instrument {instrument!r} in this rig{_suggestion(instrument, fields)}"))
+        elif point not in fields[instrument]:
+            suggestion = _suggestion(point, fields[instrument])
+            issues.append(mark.issue(f"instrument {instrument!r} has no point {point!r}{suggestion}"))
+
+    def conditions(parent: object, key: str) -> list[tuple[object, LocatedDict | None]]:
+        items = parent.get(key) if isinstance(parent, LocatedDict) else None
+        return list(items) if isinstance(items, LocatedList) else []
+
+    stress, failures = data.get("stress"), data.get("failures")
+    for item in [*conditions(stress, "all"), *conditions(failures, "when")]:
+        if isinstance(item, LocatedDict):
+            for key in ("point", "of"):
+                if isinstance(item.get(key), str):
+                    check(item[key], item.value_mark(key))
+    cycling = stress.get("cycling") if isinstance(stress, LocatedDict) else None
+    if isinstance(cycling, LocatedDict) and isinstance(cycling.get("point"), str):
+        check(cycling["point"], cycling.value_mark("point"))
+    for item in conditions(failures, "rules"):
+        if isinstance(item, LocatedDict) and isinstance(item.get("field"), str) and item["field"] not in channel_fields:
+            known = ", ".join(sorted(channel_fields)) or "none: declare channels: on an instrument"
+            issues.append(item.value_mark("field").issue(f"no per-DUT field {item['field']!r} (fields: {known})"))
+    return issues
 
 
 def _content_hash(contents: Iterable[object]) -> str:

@@ -31,9 +31,12 @@ from pydantic_core import core_schema
 from edge_daq import drivers
 from edge_daq.config.units import Duration, Size
 from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
+from edge_daq.reliability.config import DutConfig, FailuresConfig, StressConfig, TestConfig
 from edge_daq.sinks.file import FileOutputConfig
 from edge_daq.sinks.influxdb import InfluxDBOutputConfig
 from edge_daq.sinks.mqtt import MqttOutputConfig
+
+DEFAULT_STATE_DIR = Path("/var/lib/edge-daq/state")
 
 
 def _one_or_many(value: object) -> object:
@@ -111,6 +114,17 @@ class GatewayConfig(StrictModel):
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    # Reliability state (stress time, DUT states, event journal, control socket); None: see state_path.
+    state_dir: Path | None = None
+
+    @property
+    def state_path(self) -> Path:
+        """``state_dir``, or ``state`` beside the spool folder, or /var/lib/edge-daq/state."""
+        if self.state_dir is not None:
+            return self.state_dir
+        if self.buffer.spool_dir is not None:
+            return self.buffer.spool_dir.parent / "state"
+        return DEFAULT_STATE_DIR
 
 
 def _instrument_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
@@ -128,3 +142,23 @@ class RigConfig(StrictModel):
     rig: str = Field(pattern=NAME_PATTERN)
     tags: dict[str, str] = Field(default_factory=dict)
     instruments: list[AnyInstrument] = Field(default_factory=list)
+    # Reliability testing (edge_daq.reliability.config): all optional, a plain data-logging rig has none.
+    test: TestConfig | None = None
+    duts: list[DutConfig] = Field(default_factory=list)  # inline ones, then the rows of duts_csv
+    duts_csv: Path | None = None  # relative to the rig file
+    stress: StressConfig | None = None
+    failures: FailuresConfig | None = None
+
+    @property
+    def has_reliability(self) -> bool:
+        return bool(self.duts or self.stress or self.failures or self.test)
+
+
+def base_tags(gateway: GatewayConfig, rig: RigConfig) -> dict[str, str]:
+    """Tags on every record of a rig; the identifying ones come last so a rig tag cannot overwrite them."""
+    tags = dict(rig.tags)
+    tags["gateway"] = gateway.gateway
+    if gateway.site:
+        tags["site"] = gateway.site
+    tags["rig"] = rig.rig
+    return tags

@@ -1,0 +1,49 @@
+"""``edge-daq life RIG``: the life table (one row per DUT) from the rig's persisted state, as CSV.
+
+Usage::
+
+    edge-daq life htol-07 -o htol-07-life.csv [--parquet htol-07-life.parquet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TextIO
+
+from edge_daq.cli.test_cmd import add_state_arguments, state_dir_of
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rig")
+    parser.add_argument("-o", "--output", type=Path, default=None, help="CSV file (default RIG-life.csv)")
+    parser.add_argument("--parquet", type=Path, default=None, help="also write Parquet (needs pyarrow)")
+    add_state_arguments(parser)
+
+
+def run_life(args: argparse.Namespace, out: TextIO) -> int:
+    from edge_daq.errors import ConfigError
+    from edge_daq.reliability.journal import read_state
+    from edge_daq.reliability.life import life_table, write_csv, write_parquet
+
+    try:
+        state = read_state(state_dir_of(args), args.rig)
+    except ConfigError as error:
+        for issue in error.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if state is None:
+        print(f"edge-daq: no reliability state for rig {args.rig!r}", file=sys.stderr)
+        return 1
+    rows = life_table(state)
+    path = args.output or Path(f"{args.rig}-life.csv")
+    write_csv(rows, path)
+    counts = {status: sum(1 for row in rows if row.status == status) for status in ("failed", "survived", "removed")}
+    print(f"{len(rows)} DUTs ({', '.join(f'{n} {s}' for s, n in counts.items())}) written to {path}", file=out)
+    if args.parquet is not None:
+        if write_parquet(rows, args.parquet):
+            print(f"also written to {args.parquet}", file=out)
+        else:
+            print("edge-daq: Parquet needs pyarrow (pip install pyarrow); CSV written", file=sys.stderr)
+    return 0

@@ -1,0 +1,98 @@
+"""``edge-daq test`` and ``edge-daq note``: the test lifecycle and operator notes, sent to the running daemon
+over its local control socket (``<state_dir>/control.sock``).
+
+Usage::
+
+    edge-daq test start htol-07 --id HTOL-2611-03 --kind HTOL
+    edge-daq test pause htol-07          # resume, stop
+    edge-daq test remove htol-07 --dut U0007 --reason "cracked package"
+    edge-daq test status htol-07
+    edge-daq note htol-07 "board 3 reseated"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any, TextIO, get_args
+
+from edge_daq.reliability.config import TestKind
+
+DEFAULT_CONFIG = Path("/etc/edge-daq/edge-daq.yaml")
+ACTIONS = ("start", "pause", "resume", "stop", "remove", "status")
+
+
+def add_state_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, default=None, help=f"the gateway file (default {DEFAULT_CONFIG})")
+    parser.add_argument("--state-dir", type=Path, default=None, help="the state folder (default: the gateway's)")
+
+
+def state_dir_of(args: argparse.Namespace) -> Path:
+    """``--state-dir``, or the gateway file's ``state_dir`` (with its default)."""
+    if args.state_dir is not None:
+        return Path(args.state_dir)
+    from edge_daq.config.loader import load_config
+
+    return load_config(args.config or DEFAULT_CONFIG).gateway.state_path
+
+
+def add_test_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=ACTIONS)
+    parser.add_argument("rig")
+    parser.add_argument("--id", dest="test_id", help="test id (start)")
+    parser.add_argument("--kind", choices=get_args(TestKind), default="custom", help="test kind (start)")
+    parser.add_argument("--dut", help="DUT serial (remove)")
+    parser.add_argument("--reason", default="", help="why the DUT is removed (remove)")
+    add_state_arguments(parser)
+
+
+def add_note_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("rig")
+    parser.add_argument("text")
+    add_state_arguments(parser)
+
+
+def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO) -> int:
+    from edge_daq.errors import ConfigError
+    from edge_daq.reliability.control import request
+
+    try:
+        socket = state_dir_of(args) / "control.sock"
+    except ConfigError as error:
+        for issue in error.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    try:
+        reply = asyncio.run(request(socket, message))
+    except (OSError, TimeoutError) as error:
+        print(f"edge-daq: cannot reach the daemon at {socket}: {error}", file=sys.stderr)
+        return 1
+    if not reply.get("ok"):
+        print(f"edge-daq: {reply.get('error')}", file=sys.stderr)
+        return 1
+    print(json.dumps(reply["status"], indent=2) if "status" in reply else reply.get("message", "ok"), file=out)
+    return 0
+
+
+def run_test(args: argparse.Namespace, out: TextIO) -> int:
+    message: dict[str, Any] = {"rig": args.rig, "command": "test", "action": args.action}
+    if args.action == "start":
+        if not args.test_id:
+            print("edge-daq test start: --id is required", file=sys.stderr)
+            return 2
+        message.update(id=args.test_id, kind=args.kind)
+    elif args.action == "remove":
+        if not args.dut:
+            print("edge-daq test remove: --dut is required", file=sys.stderr)
+            return 2
+        message = {"rig": args.rig, "command": "remove", "dut": args.dut, "reason": args.reason}
+    elif args.action == "status":
+        message = {"rig": args.rig, "command": "status"}
+    return _send(args, message, out)
+
+
+def run_note(args: argparse.Namespace, out: TextIO) -> int:
+    return _send(args, {"rig": args.rig, "command": "note", "text": args.text}, out)
