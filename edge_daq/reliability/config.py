@@ -25,11 +25,12 @@ Sample (rig file)::
         - {point: chamber.temp_pv, within: 2, of: chamber.temp_sp, reason: out of tolerance}
       milestones: [168h, 500h, 1000h]
     failures:
-      confirm: 2
+      confirm: 2                               # or IPC-style: {events: 3, within: 10m}
       rules:
         - {name: over_current, field: oc, equals: true, mode: short}
         - {name: open, field: i, below: 1.0, mode: open}
         - {name: drift, field: i, drift: 0.10, mode: parametric drift}
+        - {name: spike, field: i, max_change: 5, per: 1s, confirm: {events: 3, within: 10m}}
 """
 
 from __future__ import annotations
@@ -172,8 +173,27 @@ class StressConfig(StrictModel):
     cycling: CyclingConfig | None = None
 
 
+class ConfirmWindow(StrictModel):
+    """IPC-style confirmation: the first violation is a candidate, confirmed by further ones within a window.
+
+    A failure is confirmed when ``events`` violations of the rule (the candidate included) fall within
+    ``within`` of stress time after the candidate; the failure is back-dated to the candidate. Polls between
+    them may be good. A candidate not confirmed in time is dropped: the next violation in its window, if any,
+    becomes the candidate.
+    """
+
+    events: int = Field(ge=2, le=1000)
+    """Violations in the window that confirm a failure, the first (the candidate) included."""
+    within: Duration = Field(gt=0)
+    """Stress time after the candidate (paused and excluded stretches do not count)."""
+
+
+Confirm = Annotated[int, Field(ge=1)] | ConfirmWindow
+"""``confirm: 3`` (violations on consecutive polls) or ``confirm: {events: 3, within: 10m}``."""
+
+
 class FailureRule(StrictModel):
-    """A DUT fails when its ``field`` violates this rule on ``confirm`` polls in a row."""
+    """A DUT fails when its ``field`` violates this rule, confirmed as ``confirm`` says."""
 
     name: str = Field(pattern=NAME_PATTERN)
     field: str = Field(pattern=NAME_PATTERN)
@@ -182,20 +202,35 @@ class FailureRule(StrictModel):
     equals: Scalar | None = None
     drift: float | None = Field(default=None, gt=0)
     """Relative change from the DUT's own baseline: |x/x0 - 1| > drift."""
+    max_change: float | None = Field(default=None, gt=0)
+    """Spike / rate of change: |x - xg| > max_change, xg the value on the DUT's last known-good poll."""
+    max_relative_change: float | None = Field(default=None, gt=0)
+    """Relative spike: |x/xg - 1| > max_relative_change (a fraction: 0.2 is 20 %)."""
+    per: Duration | None = Field(default=None, gt=0)
+    """With a change limit: the limit is a rate, the change per this much acquisition time (``per: 1s``)."""
     mode: str | None = None
     """Failure mode written to the life table (default: the rule's name)."""
-    confirm: int | None = Field(default=None, ge=1)
+    confirm: Confirm | None = None
 
     @model_validator(mode="after")
     def _one_test(self) -> FailureRule:
-        if sum(value is not None for value in (self.above, self.below, self.equals, self.drift)) != 1:
-            raise ValueError("a failure rule needs exactly one of above, below, equals, drift")
+        tests = (self.above, self.below, self.equals, self.drift, self.max_change, self.max_relative_change)
+        if sum(value is not None for value in tests) != 1:
+            raise ValueError(
+                "a failure rule needs exactly one of above, below, equals, drift, max_change, max_relative_change"
+            )
+        if self.per is not None and self.max_change is None and self.max_relative_change is None:
+            raise ValueError("per goes with max_change or max_relative_change (a rate of change)")
         return self
+
+    @property
+    def is_change(self) -> bool:
+        return self.max_change is not None or self.max_relative_change is not None
 
 
 class FailuresConfig(StrictModel):
-    confirm: int = Field(default=2, ge=1)
-    """Consecutive violating polls that confirm a failure (its time is that of the first)."""
+    confirm: Confirm = 2
+    """Consecutive violating polls that confirm a failure (its time is that of the first), or a window."""
     baseline_samples: int = Field(default=3, ge=1)
     """Polls under stress whose median is each DUT's baseline for drift rules."""
     when: list[Condition] | None = None

@@ -267,6 +267,7 @@ class RigEngine:
             "stress_h": failure["stress_s"] / 3600,
             "last_good_h": (failure["last_good_stress_s"] or 0.0) / 3600,
             "failed_at_ns": failure["time_ns"],
+            "violations": failure.get("events", 1),
             "cycles": self.stress_state.cycles,
             "before": failure["before"],
             "after": failure["after"],
