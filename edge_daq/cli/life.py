@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from edge_daq.cli.test_cmd import add_state_arguments, state_dir_of
+from edge_daq.cli.test_cmd import add_state_arguments, rig_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,19 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_life(args: argparse.Namespace, out: TextIO) -> int:
-    from edge_daq.errors import ConfigError
-    from edge_daq.reliability.journal import read_state
     from edge_daq.reliability.life import life_table, write_csv, write_parquet
 
-    try:
-        state = read_state(state_dir_of(args), args.rig)
-    except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
-    if state is None:
-        print(f"edge-daq: no reliability state for rig {args.rig!r}", file=sys.stderr)
-        return 1
+    state = rig_state(args, "life")
+    if isinstance(state, int):
+        return state
     rows = life_table(state)
     path = args.output or Path(f"{args.rig}-life.csv")
     write_csv(rows, path)

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from edge_daq.cli.test_cmd import add_state_arguments, state_dir_of
+from edge_daq.cli.test_cmd import add_state_arguments, rig_state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace, out: TextIO) -> int:
-    from edge_daq.errors import ConfigError
-    from edge_daq.reliability.journal import read_state
     from edge_daq.reliability.life import life_table
     from edge_daq.reliability.weibull import arrhenius_factor, device_hours, fit_rate, fit_weibull, probability_plot
 
@@ -35,15 +33,9 @@ def run_report(args: argparse.Namespace, out: TextIO) -> int:
     if any(value is not None for value in arrhenius) and None in arrhenius:
         print("edge-daq report: --ea, --use-temp and --stress-temp go together", file=sys.stderr)
         return 2
-    try:
-        state = read_state(state_dir_of(args), args.rig)
-    except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
-    if state is None:
-        print(f"edge-daq: no reliability state for rig {args.rig!r}", file=sys.stderr)
-        return 1
+    state = rig_state(args, "report")
+    if isinstance(state, int):
+        return state
     rows = life_table(state)
     failures = sum(1 for row in rows if row.status == "failed")
     hours = device_hours(rows)

@@ -39,6 +39,23 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return load_config(args.config or DEFAULT_CONFIG).gateway.state_path
 
 
+def rig_state(args: argparse.Namespace, command: str) -> dict[str, Any] | int:
+    """The saved reliability state of ``args.rig``, or the exit status after printing why there is none."""
+    from edge_daq.errors import ConfigError
+    from edge_daq.reliability.journal import read_state
+
+    try:
+        state = read_state(state_dir_of(args), args.rig)
+    except ConfigError as error:
+        for issue in error.issues:
+            print(issue, file=sys.stderr)
+        return 2
+    if state is None:
+        print(f"edge-daq {command}: no reliability state for rig {args.rig!r}", file=sys.stderr)
+        return 1
+    return state
+
+
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=ACTIONS)
     parser.add_argument("rig")
