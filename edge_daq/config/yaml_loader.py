@@ -1,7 +1,8 @@
 """YAML loading that remembers where every key, value and list item came from.
 
-Configuration errors must point at the line a technician has to edit, so the loader records a
-:class:`Mark` (file, line, column, 1-based) for each node while it builds plain dicts and lists. It also
+Configuration errors must point at the line a technician has to edit, so the loader records where each
+node starts (file, 1-based line and column: a :class:`Mark`, kept packed until asked for) while it builds
+dicts and lists. It also
 rejects duplicate keys (PyYAML silently keeps the last one) and substitutes ``${NAME}`` from the
 environment in string scalars. Problems are collected as :class:`~edge_daq.errors.ConfigIssue`, never
 raised, so one pass reports all of them.
@@ -17,6 +18,15 @@ from typing import Any
 
 import yaml
 from yaml.constructor import SafeConstructor
+from yaml.events import (
+    AliasEvent,
+    MappingEndEvent,
+    MappingStartEvent,
+    ScalarEvent,
+    SequenceEndEvent,
+    SequenceStartEvent,
+    StreamEndEvent,
+)
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edge_daq.errors import ConfigIssue
@@ -42,38 +52,180 @@ class Mark:
         return ConfigIssue(self.path, self.line, self.column, message)
 
 
+# Positions are kept packed in ints and become Mark objects only when asked for (bench/fleet.py: a Mark object
+# and two dict entries per node made the located data of the fleet's 1000-instrument rig file 65 MB, and the
+# load's peak stayed behind as resident memory). A position is ``line << 16 | column``. A mapping entry packs
+# its value's position above the lines from its key to its value (8 bits) and its key's column (16 bits):
+# under 2**60, so a small int, for files of up to a million lines. What does not fit (a column past 65535, a
+# value more than 255 lines below its key) turns that container's positions into Mark objects.
+_COLUMN_BITS = 16
+_COLUMN_MASK = (1 << _COLUMN_BITS) - 1
+_KEY_BITS = 24
+_LINES_MASK = 0xFF
+
+
+def _position(line: int, column: int) -> int | None:
+    return line << _COLUMN_BITS | column if 0 <= column <= _COLUMN_MASK else None
+
+
+def _entry(key_line: int, key_column: int, value_line: int, value_column: int) -> int | None:
+    below = value_line - key_line
+    if not (0 <= below <= _LINES_MASK and 0 <= key_column <= _COLUMN_MASK and 0 <= value_column <= _COLUMN_MASK):
+        return None
+    return ((value_line << _COLUMN_BITS | value_column) << _KEY_BITS) | below << _COLUMN_BITS | key_column
+
+
+def _key_of(path: str, entry: int) -> Mark:
+    line = (entry >> (_KEY_BITS + _COLUMN_BITS)) - (entry >> _COLUMN_BITS & _LINES_MASK)
+    return Mark(path, line, entry & _COLUMN_MASK)
+
+
+def _value_of(path: str, entry: int) -> Mark:
+    return Mark(path, entry >> (_KEY_BITS + _COLUMN_BITS), entry >> _KEY_BITS & _COLUMN_MASK)
+
+
+def _mark_of(path: str, position: int) -> Mark:
+    return Mark(path, position >> _COLUMN_BITS, position & _COLUMN_MASK)
+
+
+def _start(mark: Mark) -> int | Mark:
+    """Where a container starts, packed if it can be."""
+    at = _position(mark.line, mark.column)
+    return mark if at is None else at
+
+
+def _start_mark(path: str, at: int | Mark) -> Mark:
+    return at if isinstance(at, Mark) else _mark_of(path, at)
+
+
 class LocatedDict(dict[Any, Any]):
-    """A YAML mapping that knows where it, each of its keys and each of its values are."""
+    """A YAML mapping that knows where it, each of its keys and each of its values are.
+
+    The positions of its entries are packed ints in the file of ``mark`` until something needs them as
+    :class:`Mark` objects (``key_marks``/``value_marks``, or an entry taken from another file); from then on
+    the two dicts of Marks are the positions.
+    """
+
+    __slots__ = ("_at", "_marks", "_path", "_spots")
 
     def __init__(self, mark: Mark) -> None:
         super().__init__()
-        self.mark = mark
-        self.key_marks: dict[Any, Mark] = {}
-        self.value_marks: dict[Any, Mark] = {}
+        self._path = mark.path
+        self._at = _start(mark)
+        self._spots: dict[Any, int] | None = {}
+        self._marks: tuple[dict[Any, Mark], dict[Any, Mark]] | None = None
+
+    @property
+    def mark(self) -> Mark:
+        return _start_mark(self._path, self._at)
+
+    @property
+    def key_marks(self) -> dict[Any, Mark]:
+        return self._unpacked()[0]
+
+    @property
+    def value_marks(self) -> dict[Any, Mark]:
+        return self._unpacked()[1]
+
+    def _unpacked(self) -> tuple[dict[Any, Mark], dict[Any, Mark]]:
+        if self._marks is None:
+            path, spots = self._path, self._spots or {}
+            self._marks = (
+                {key: _key_of(path, entry) for key, entry in spots.items()},
+                {key: _value_of(path, entry) for key, entry in spots.items()},
+            )
+            self._spots = None
+        return self._marks
+
+    def place(self, key: Any, value: Any, key_mark: Mark, value_mark: Mark) -> None:
+        """Set an entry with the positions of its key and value."""
+        self[key] = value
+        spots = self._spots
+        if spots is not None and key_mark.path == self._path and value_mark.path == self._path:
+            entry = _entry(key_mark.line, key_mark.column, value_mark.line, value_mark.column)
+            if entry is not None:
+                spots[key] = entry
+                return
+        key_marks, value_marks = self._unpacked()
+        key_marks[key] = key_mark
+        value_marks[key] = value_mark
 
     def key_mark(self, key: Any) -> Mark:
-        return self.key_marks.get(key, self.mark)
+        spots = self._spots
+        if spots is None:
+            return self.key_marks.get(key, self.mark)
+        entry = spots.get(key)
+        return self.mark if entry is None else _key_of(self._path, entry)
 
     def value_mark(self, key: Any) -> Mark:
-        return self.value_marks.get(key, self.mark)
+        spots = self._spots
+        if spots is None:
+            return self.value_marks.get(key, self.mark)
+        entry = spots.get(key)
+        return self.mark if entry is None else _value_of(self._path, entry)
 
     def take(self, source: LocatedDict, key: Any) -> None:
         """Copy one entry of another mapping, with its positions (which may be in another file)."""
         self[key] = source[key]
-        self.key_marks[key] = source.key_mark(key)
-        self.value_marks[key] = source.value_mark(key)
+        mine, theirs = self._spots, source._spots
+        if mine is not None and theirs is not None and source._path == self._path:
+            entry = theirs.get(key)
+            if entry is None:  # no position of its own: the source's mark, as key_mark() gives
+                mark = source.mark
+                entry = _entry(mark.line, mark.column, mark.line, mark.column)
+            if entry is not None:
+                mine[key] = entry
+                return
+        key_marks, value_marks = self._unpacked()
+        key_marks[key] = source.key_mark(key)
+        value_marks[key] = source.value_mark(key)
 
 
 class LocatedList(list[Any]):
-    """A YAML sequence that knows where it and each of its items are."""
+    """A YAML sequence that knows where it and each of its items are.
+
+    Like :class:`LocatedDict`, it keeps packed positions in the file of ``mark`` until ``item_marks`` is
+    asked for.
+    """
+
+    __slots__ = ("_at", "_item_marks", "_path", "_spots")
 
     def __init__(self, mark: Mark) -> None:
         super().__init__()
-        self.mark = mark
-        self.item_marks: list[Mark] = []
+        self._path = mark.path
+        self._at = _start(mark)
+        self._spots: list[int] | None = []
+        self._item_marks: list[Mark] | None = None
+
+    @property
+    def mark(self) -> Mark:
+        return _start_mark(self._path, self._at)
+
+    @property
+    def item_marks(self) -> list[Mark]:
+        if self._item_marks is None:
+            path = self._path
+            self._item_marks = [_mark_of(path, position) for position in self._spots or ()]
+            self._spots = None
+        return self._item_marks
+
+    def place(self, item: Any, mark: Mark) -> None:
+        """Append an item with its position."""
+        self.append(item)
+        spots = self._spots
+        if spots is not None and mark.path == self._path:
+            position = _position(mark.line, mark.column)
+            if position is not None:
+                spots.append(position)
+                return
+        self.item_marks.append(mark)
 
     def item_mark(self, index: int) -> Mark:
-        return self.item_marks[index] if 0 <= index < len(self.item_marks) else self.mark
+        spots = self._spots
+        marks: list[Mark] | list[int] = self.item_marks if spots is None else spots
+        if not 0 <= index < len(marks):
+            return self.mark
+        return _mark_of(self._path, spots[index]) if spots is not None else self.item_marks[index]
 
 
 @dataclass(slots=True, eq=False)
@@ -87,6 +239,26 @@ class YamlDocument:
     @property
     def start(self) -> Mark:
         return Mark(str(self.path), 1, 1)
+
+
+def _substitute_environment(text: str, mark: Mark, issues: list[ConfigIssue]) -> str:
+    """``${NAME}`` replaced from the environment; a problem is reported at ``mark`` and the text left as is."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name is None:
+            return "${"
+        if not match["close"]:
+            issues.append(mark.issue("'${' is not closed by '}' (write '$${' for a literal '${')"))
+        elif not _VARIABLE_NAME.fullmatch(name):
+            issues.append(mark.issue(f"'${{{name}}}' is not a valid environment variable name"))
+        elif name not in os.environ:
+            issues.append(mark.issue(f"environment variable {name} is not set"))
+        else:
+            return os.environ[name]
+        return match[0]
+
+    return _REFERENCE.sub(replace, text)
 
 
 class _Located(SafeConstructor):
@@ -109,20 +281,19 @@ class _Located(SafeConstructor):
             except TypeError:
                 self.issues.append(self.mark_of(key_node).issue("a key must be a plain value, not a list or mapping"))
                 continue
-            mapping[key] = self.construct_object(value_node, deep=True)
-            mapping.key_marks[key] = self.mark_of(key_node)
-            mapping.value_marks[key] = self.mark_of(value_node)
+            value = self.construct_object(value_node, deep=True)
+            mapping.place(key, value, self.mark_of(key_node), self.mark_of(value_node))
         return mapping
 
     def construct_located_sequence(self, node: SequenceNode) -> LocatedList:
         sequence = LocatedList(self.mark_of(node))
         for item_node in node.value:
-            sequence.append(self.construct_object(item_node, deep=True))
-            sequence.item_marks.append(self.mark_of(item_node))
+            sequence.place(self.construct_object(item_node, deep=True), self.mark_of(item_node))
         return sequence
 
     def construct_substituted_str(self, node: ScalarNode) -> str:
-        return self._substitute_environment(self.construct_scalar(node), node)
+        text = self.construct_scalar(node)
+        return _substitute_environment(text, self.mark_of(node), self.issues) if "$" in text else text
 
     def _report_duplicate_keys(self, node: MappingNode) -> None:
         first_lines: dict[object, int] = {}
@@ -135,25 +306,6 @@ class _Located(SafeConstructor):
                 self.issues.append(mark.issue(f"duplicate key {key!r} (first given on line {first_lines[key]})"))
             else:
                 first_lines[key] = mark.line
-
-    def _substitute_environment(self, text: str, node: ScalarNode) -> str:
-        def replace(match: re.Match[str]) -> str:
-            name = match["name"]
-            if name is None:
-                return "${"
-            if not match["close"]:
-                self.issues.append(
-                    self.mark_of(node).issue("'${' is not closed by '}' (write '$${' for a literal '${')")
-                )
-            elif not _VARIABLE_NAME.fullmatch(name):
-                self.issues.append(self.mark_of(node).issue(f"'${{{name}}}' is not a valid environment variable name"))
-            elif name not in os.environ:
-                self.issues.append(self.mark_of(node).issue(f"environment variable {name} is not set"))
-            else:
-                return os.environ[name]
-            return match[0]
-
-        return _REFERENCE.sub(replace, text)
 
 
 class LocatedLoader(_Located, yaml.SafeLoader):
@@ -193,13 +345,25 @@ for _loader in (LocatedLoader, _FastLocatedLoader):
 def parse_yaml(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
     """The data of one YAML document and the issues found; data is ``None`` after a syntax error."""
     if _CSafeLoader is not None:
-        fast = _FastLocatedLoader(text, path)
         try:
-            return fast.get_single_data(), fast.issues
+            return _build_from_events(text, path)
+        except _Unsupported:
+            return _parse_composed(text, path, fast=True)
+        except yaml.YAMLError:
+            pass  # parsed again below, for the pure-Python parser's wording of the problem
+    return _parse_composed(text, path, fast=False)
+
+
+def _parse_composed(text: str, path: str, *, fast: bool) -> tuple[Any, list[ConfigIssue]]:
+    """Compose the node tree and construct from it: every YAML feature, with PyYAML's own error messages."""
+    if fast:
+        composed = _FastLocatedLoader(text, path)
+        try:
+            return composed.get_single_data(), composed.issues
         except yaml.YAMLError:
             pass  # parsed again below, for the pure-Python parser's wording of the problem
         finally:
-            fast.dispose()
+            composed.dispose()
     loader = LocatedLoader(text, path)
     try:
         return loader.get_single_data(), loader.issues
@@ -215,6 +379,162 @@ def parse_yaml(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
         return None, [*loader.issues, ConfigIssue(path, 1, 1, f"YAML syntax: {error}")]
     finally:
         loader.dispose()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fast path (bench/startup.py and bench/fleet.py): build the located data straight from libyaml's events. Composing
+# the node tree first cost most of the load's time (PyYAML's resolver and node objects, in Python) and most of its
+# memory peak (two Mark objects per node: ~100 MB for the fleet's 1.9 MB rig file). The builder gives the same data,
+# positions and issues (in another order before `_Session.sorted_issues`) for the YAML that configurations use
+# (plain and quoted scalars, mappings, lists, anchors and aliases); anything else raises _Unsupported and the whole
+# file goes through the node loader above: explicit tags, merge keys, keys that are lists or mappings, several
+# documents, undefined, duplicate or recursive anchors, plain scalars that resolve to other tags or fail to
+# construct.
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_PLAIN_TAGS = frozenset(f"tag:yaml.org,2002:{name}" for name in ("null", "bool", "int", "float", "timestamp"))
+_MISSING = object()
+
+
+class _Unsupported(Exception):
+    """A construct the event builder leaves to the node loader."""
+
+
+def _construct_plain(loader: Any, text: str) -> Any:
+    """A plain (unquoted) scalar resolved and constructed as PyYAML does (a string before substitution)."""
+    tag = loader.resolve(ScalarNode, text, (True, False))
+    if tag == _STR_TAG:
+        return text
+    if tag not in _PLAIN_TAGS:
+        raise _Unsupported(tag)  # `<<` (a merge key) and `=` (the value tag)
+    try:
+        return loader.yaml_constructors[tag](loader, ScalarNode(tag, text))
+    except Exception as error:  # e.g. an impossible timestamp: the node loader reports it as before
+        raise _Unsupported(tag) from error
+
+
+class _Open:
+    """A mapping or list being built, with the key waiting for its value."""
+
+    __slots__ = ("anchor", "container", "first_lines", "is_list", "key", "key_column", "key_line", "mark")
+
+    def __init__(self, container: LocatedDict | LocatedList, mark: Mark, anchor: str | None) -> None:
+        self.container: Any = container
+        self.is_list = isinstance(container, LocatedList)
+        self.mark = mark
+        self.anchor = anchor
+        self.key: Any = _MISSING  # no key waiting
+        self.key_line = self.key_column = 0
+        self.first_lines: dict[Any, int] = {}  # of the keys given twice or more
+
+
+def _build_from_events(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
+    loader = _FastLocatedLoader(text, path)
+    try:
+        return _build(loader, path), loader.issues
+    finally:
+        loader.dispose()
+
+
+def _build(loader: Any, path: str) -> Any:
+    issues: list[ConfigIssue] = loader.issues
+    get_event = loader.get_event
+    get_event()  # StreamStartEvent
+    if isinstance(get_event(), StreamEndEvent):
+        return None  # an empty file
+    plain: dict[str, Any] = {}  # plain scalar text -> its value: resolved and constructed once per text
+    quoted: dict[str, str] = {}
+    anchors: dict[str, tuple[Any, Mark, bool]] = {}  # name -> value, its node's mark, whether a container
+    named: set[str] = set()  # anchors defined so far, finished or not
+    stack: list[_Open] = []
+    column_bits, key_bits, column_mask, lines_mask = _COLUMN_BITS, _KEY_BITS, _COLUMN_MASK, _LINES_MASK
+    while True:
+        event = get_event()
+        kind = type(event)
+        if kind is ScalarEvent:
+            start = event.start_mark
+            line, column = start.line + 1, start.column + 1
+            if event.tag is not None:
+                raise _Unsupported(event.tag)
+            # One object per distinct text and value: a fleet's rig file repeats the same keys and values
+            # (name, address, holding, float32, ...) hundreds of thousands of times (bench/fleet.py: memory).
+            text = event.value
+            if event.implicit[0]:
+                value = plain.get(text, _MISSING)
+                if value is _MISSING:
+                    value = _construct_plain(loader, text)
+                    if value == value:  # a NaN is unequal to itself: a shared one would make duplicate keys
+                        plain[text] = value
+            else:
+                value = quoted.setdefault(text, text)
+            if type(value) is str and "$" in value:
+                value = _substitute_environment(value, Mark(path, line, column), issues)
+            is_container = False
+            anchor = event.anchor
+            if anchor is not None:
+                if anchor in named:
+                    raise _Unsupported(anchor)
+                named.add(anchor)
+                anchors[anchor] = (value, Mark(path, line, column), False)
+        elif kind is MappingEndEvent or kind is SequenceEndEvent:
+            done = stack.pop()
+            value, is_container = done.container, True
+            line, column = done.mark.line, done.mark.column
+            if done.anchor is not None:
+                anchors[done.anchor] = (value, done.mark, True)
+        elif kind is MappingStartEvent or kind is SequenceStartEvent:
+            if event.tag is not None:
+                raise _Unsupported(event.tag)
+            anchor = event.anchor
+            if anchor is not None:
+                if anchor in named:
+                    raise _Unsupported(anchor)
+                named.add(anchor)
+            start = event.start_mark
+            mark = Mark(path, start.line + 1, start.column + 1)
+            stack.append(_Open(LocatedDict(mark) if kind is MappingStartEvent else LocatedList(mark), mark, anchor))
+            continue
+        elif kind is AliasEvent:
+            entry = anchors.get(event.anchor)
+            if entry is None:
+                raise _Unsupported(event.anchor)  # undefined, or an alias inside its own anchor
+            value, mark, is_container = entry
+            line, column = mark.line, mark.column
+        else:
+            raise _Unsupported(kind.__name__)
+        if not stack:
+            break
+        top = stack[-1]
+        container = top.container
+        if top.is_list:
+            item_spots = container._spots
+            if column <= column_mask and item_spots is not None:
+                container.append(value)
+                item_spots.append(line << column_bits | column)
+            else:
+                container.place(value, Mark(path, line, column))
+        elif top.key is _MISSING:  # the key of an entry
+            if is_container:
+                raise _Unsupported("a key that is a list or mapping")
+            if value in container:
+                first = top.first_lines.setdefault(value, container.key_mark(value).line)
+                issues.append(ConfigIssue(path, line, column, f"duplicate key {value!r} (first given on line {first})"))
+            top.key, top.key_line, top.key_column = value, line, column
+        else:
+            key, key_line, key_column = top.key, top.key_line, top.key_column
+            top.key = _MISSING
+            below = line - key_line  # negative for an alias to an anchor above the key
+            entry_spots = container._spots
+            packable = 0 <= below <= lines_mask and key_column <= column_mask and column <= column_mask
+            if packable and entry_spots is not None:
+                container[key] = value
+                entry_spots[key] = ((line << column_bits | column) << key_bits) | below << column_bits | key_column
+            else:
+                container.place(key, value, Mark(path, key_line, key_column), Mark(path, line, column))
+    get_event()  # DocumentEndEvent
+    if not isinstance(get_event(), StreamEndEvent):
+        raise _Unsupported("several documents")  # the node loader reports it
+    return value
 
 
 def read_yaml(path: Path) -> YamlDocument:
