@@ -26,7 +26,7 @@ import os
 import socket
 import termios
 from abc import ABC, abstractmethod
-from typing import Literal
+from typing import Literal, Protocol
 
 from edge_daq.errors import DriverConnectionError
 
@@ -123,6 +123,21 @@ def _speed(baudrate: int) -> int:
     return speed
 
 
+class SerialSettings(Protocol):
+    """The serial keys of an instrument config (``modbus-rtu``, ``scpi-serial``)."""
+
+    @property
+    def port(self) -> str: ...
+    @property
+    def baudrate(self) -> int: ...
+    @property
+    def bytesize(self) -> int: ...
+    @property
+    def parity(self) -> Parity: ...
+    @property
+    def stopbits(self) -> int: ...
+
+
 class SerialChannel(ByteChannel):
     """A serial port (or pseudo-terminal) in raw mode, non-blocking, opened exclusively."""
 
@@ -143,6 +158,17 @@ class SerialChannel(ByteChannel):
         self.stopbits = stopbits
         self._fd: int | None = None
         self._writable: asyncio.Future[None] | None = None
+
+    @classmethod
+    def for_port(cls, settings: SerialSettings) -> SerialChannel:
+        """The channel of an instrument's serial port (every instrument on a port shares its settings)."""
+        return cls(
+            path=settings.port,
+            baudrate=settings.baudrate,
+            bytesize=settings.bytesize,
+            parity=settings.parity,
+            stopbits=settings.stopbits,
+        )
 
     @property
     def describe(self) -> str:

@@ -273,10 +273,7 @@ class ModbusRtuPlugin(DriverPlugin[ModbusRtuConfig, RtuLink]):
 
     def open_link(self, configs: Sequence[ModbusRtuConfig]) -> RtuLink:
         first = configs[0]  # `edge-daq check` makes every instrument on a port agree on its settings
-        channel = SerialChannel(
-            path=first.port, baudrate=first.baudrate, bytesize=first.bytesize, parity=first.parity,
-            stopbits=first.stopbits,
-        )  # fmt: skip
+        channel = SerialChannel.for_port(first)
         return RtuLink(channel, baudrate=first.baudrate, bits_per_character=channel.bits_per_character)
 
     def make_instrument(self, config: ModbusRtuConfig) -> ModbusRtuInstrument[ModbusRtuConfig]:

@@ -229,12 +229,7 @@ class ScpiSerialPlugin(DriverPlugin[ScpiSerialConfig, ScpiLink]):
 
     def open_link(self, configs: Sequence[ScpiSerialConfig]) -> ScpiLink:
         first = configs[0]
-        return ScpiLink(
-            SerialChannel(
-                path=first.port, baudrate=first.baudrate, bytesize=first.bytesize, parity=first.parity,
-                stopbits=first.stopbits,
-            )
-        )  # fmt: skip
+        return ScpiLink(SerialChannel.for_port(first))
 
     def make_instrument(self, config: ScpiSerialConfig) -> ScpiInstrument[ScpiSerialConfig]:
         return ScpiInstrument(config)
