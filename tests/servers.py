@@ -87,6 +87,12 @@ class _ServerProcess:
     def _command(self) -> list[str]:
         raise NotImplementedError
 
+    def _prepare(self) -> None:
+        """Called before each start attempt, once the ports are chosen (to write a config file, say)."""
+
+    def _ready(self) -> bool:
+        return self._health_status() == self.health_status
+
     def _choose_ports(self) -> None:
         self.port = free_port()
 
@@ -101,6 +107,7 @@ class _ServerProcess:
         raise RuntimeError(f"{self.name} did not start; last lines of {self.log_path}:\n{self._log_tail()}")
 
     def _try_start(self) -> bool:
+        self._prepare()
         with self.log_path.open("ab") as log_file:
             self._process = subprocess.Popen(
                 self._command(), stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -109,7 +116,7 @@ class _ServerProcess:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:  # exited: most likely a port taken in the meantime
                 return False
-            if self._health_status() == self.health_status:
+            if self._ready():
                 return True
             time.sleep(0.05)
         self.stop()
@@ -128,12 +135,18 @@ class _ServerProcess:
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return
+        process.send_signal(signal.SIGCONT)  # a server frozen by a test (SIGSTOP) could not handle SIGTERM
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+    def send_signal(self, signum: int) -> None:
+        """SIGSTOP freezes the server with its connections open (a hung server); SIGCONT resumes it."""
+        assert self._process is not None, f"{self.name} is not running"
+        self._process.send_signal(signum)
 
     def _log_tail(self, lines: int = 20) -> str:
         try:
@@ -276,7 +289,7 @@ class VictoriaMetricsServer(_ServerProcess):
                 await asyncio.sleep(0.2)
 
 
-class MosquittoServer:
+class MosquittoServer(_ServerProcess):
     """Mosquitto 2.0 on a free loopback port, configured by a file of its own; ready once the port accepts.
 
     ``users`` (name -> password) creates a password file and refuses anonymous clients. ``tls`` (a
@@ -295,27 +308,21 @@ class MosquittoServer:
         tls: TlsFiles | None = None,
         persistence: bool = False,
     ) -> None:
+        super().__init__(root)
         self.binary = find_binary(self.name, self.debian_package)
-        self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
         self.users = users
         self.tls = tls
         self.persistence = persistence
         self.config_path = root / "mosquitto.conf"
-        self.log_path = root / "mosquitto.log"
-        self.port = 0
-        self._process: subprocess.Popen[bytes] | None = None
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+    def _command(self) -> list[str]:
+        return [self.binary, "-c", str(self.config_path)]
 
-    @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs (benchmarks pin it to a core)."""
-        return self._process.pid if self._process is not None and self.running else None
+    def _ready(self) -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", self.port)) == 0
 
-    def _write_config(self) -> None:
+    def _prepare(self) -> None:
         lines = [
             # Started as root (CI containers), mosquitto would switch to the "mosquitto" user, which cannot read
             # the key and password files nor write the persistence file in our temp folders: stay who we are.
@@ -346,67 +353,6 @@ class MosquittoServer:
                 f"keyfile {self.tls.server_key}",
             ]
         self.config_path.write_text("\n".join(lines) + "\n")
-
-    def start(self) -> None:
-        """Start on the port of the first start (a restart keeps it), or on a new free one."""
-        attempts = 1 if self.port else 3
-        for attempt in range(attempts):
-            if not self.port or attempt:
-                self.port = free_port()
-            self._write_config()
-            with self.log_path.open("ab") as log_file:
-                self._process = subprocess.Popen(
-                    [self.binary, "-c", str(self.config_path)],
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                )
-            if self._wait_listening():
-                return
-            self.stop()
-        raise RuntimeError(f"mosquitto did not start; last lines of {self.log_path}:\n{self._log_tail()}")
-
-    def _wait_listening(self) -> bool:
-        assert self._process is not None
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:  # exited: most likely the port was taken in the meantime
-                return False
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return True
-            time.sleep(0.02)
-        return False
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGCONT)  # a frozen broker could not handle SIGTERM
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def send_signal(self, signum: int) -> None:
-        """SIGSTOP freezes the broker with its connections open (a hung broker); SIGCONT resumes it."""
-        assert self._process is not None, "mosquitto is not running"
-        self._process.send_signal(signum)
-
-    def _log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 class TlsFiles:
