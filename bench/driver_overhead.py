@@ -2,9 +2,10 @@
 against a bare pymodbus loop reading the same registers from the same simulator, in the same run.
 
 The instrument has 30 points (24 scaled int16, 6 word-swapped float32) in one block of 36 holding registers.
-edge-daq's side is the real path of a poll: ``LinkScheduler`` (due times, lateness, stats), the link's lock and
-timeouts, pymodbus, the compiled decoder, the record builder and the ring queue, with an interval shorter than
-a poll so that it polls back to back. The baseline is ``await client.read_holding_registers(...)`` in a loop,
+edge-daq's side is the real path of a poll: ``LinkScheduler`` (due times, lateness, stats), the link's lock,
+timer and MBAP framing (``edge_daq/drivers/modbus/tcp.py``, its own since this benchmark showed pymodbus's
+client to be the bottleneck), the compiled decoder, the record builder and the ring queue, with an interval
+shorter than a poll so that it polls back to back. The baseline is ``await client.read_holding_registers(...)`` in a loop,
 with no decoding. The two alternate in rounds (A B B A ...) so that drift of a noisy machine cancels. The
 benchmark is pinned to one core and the simulator to the other.
 

@@ -1,6 +1,6 @@
 """The small error tree of edge-daq.
 
-Library exceptions (pymodbus, aiohttp, influxdb-client, PyYAML, pydantic) are mapped into these at the
+Library exceptions (pyserial, aiohttp, influxdb-client, PyYAML, pydantic) are mapped into these at the
 boundary of the module that calls the library, and raised ``from`` the original, so the rest of the daemon
 only ever handles these classes.
 """

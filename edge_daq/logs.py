@@ -40,8 +40,5 @@ def configure_logging(level: str = "info", *, stream: TextIO | None = None, json
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through the standard library: keep their chatter (pymodbus logs every reconnect) out
-    # of the daemon's output unless debugging.
+    # Libraries log through the standard library: keep their chatter out of the daemon's output unless debugging.
     logging.basicConfig(level=logging.DEBUG if level == "debug" else logging.ERROR, stream=stream)
-    # pymodbus logs every timeout at ERROR; the scheduler already logs a failure once when it starts.
-    logging.getLogger("pymodbus").setLevel(logging.DEBUG if level == "debug" else logging.CRITICAL)

@@ -148,7 +148,7 @@ class LinkScheduler:
                 scheduled = self.instruments[index]
                 await self._cycle(scheduled, due)
                 if task is not None and task.cancelling():
-                    # Python 3.11's asyncio.wait_for (used inside pymodbus) returns the reply instead of
+                    # Python 3.11's asyncio.wait_for (in a driver or a library under it) returns the reply instead of
                     # raising when a cancellation and the reply arrive together: honour the cancellation here,
                     # or shutdown would wait for this task forever.
                     raise asyncio.CancelledError

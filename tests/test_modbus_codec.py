@@ -3,18 +3,30 @@
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any
 
 import pytest
 from modbus_wire import ORDERS, encode, string_registers
 
-from edge_daq.drivers.modbus.codec import BitBlockDecoder, RegisterBlockDecoder
+from edge_daq.drivers.modbus.codec import (
+    BitBlockDecoder,
+    RegisterBlockDecoder,
+    swap_bytes,
+    unpack_bits,
+    unpack_registers,
+)
 from edge_daq.drivers.modbus.config import ByteOrder, ModbusPoint
 from edge_daq.record import FieldValue
 
 
 def point(**keys: Any) -> ModbusPoint:
     return ModbusPoint.model_validate({"name": "p", "address": 0, **keys})
+
+
+def wire(registers: list[int]) -> bytes:
+    """The registers as a reply carries them: big endian, two bytes each."""
+    return struct.pack(f">{len(registers)}H", *registers)
 
 
 def decode(
@@ -24,7 +36,7 @@ def decode(
     decoder = RegisterBlockDecoder.compile([(at, p)], start=0, count=len(registers), byte_order=order)
     fields: dict[str, FieldValue] = {}
     failed: list[str] = []
-    decoder.decode_into(registers, fields, failed)
+    decoder.decode_into(wire(registers), fields, failed)
     return fields, failed
 
 
@@ -179,7 +191,7 @@ def test_many_points_in_one_read() -> None:
     decoder = RegisterBlockDecoder.compile(points, start=10, count=14, byte_order="ABCD")
     fields: dict[str, FieldValue] = {}
     failed: list[str] = []
-    decoder.decode_into(registers, fields, failed)
+    decoder.decode_into(wire(registers), fields, failed)
     assert fields == {"t": 25.0, "f": -123.25, "door": True, "model": "F4-SIM"}
     # Above int64 a uint64 cannot be an integer field of line protocol: a failed point, not a wrong value.
     assert failed == ["hours"]
@@ -202,6 +214,23 @@ def test_bits() -> None:
         start=100,
     )
     fields: dict[str, FieldValue] = {}
-    decoder.decode_into([True, False, False, False, False, False, False, True], fields, [])
+    decoder.decode_into(bytes([0b1000_0001]), fields, [])
     assert fields == {"a": True, "b": True}
     assert all(type(value) is bool for value in fields.values())
+
+
+def test_bits_across_bytes() -> None:
+    names = {101: "a", 108: "b", 115: "c", 116: "d"}
+    decoder = BitBlockDecoder.compile(
+        [(address, point(name=name, table="discrete", type="bool")) for address, name in names.items()], start=100
+    )
+    fields: dict[str, FieldValue] = {}
+    # Bit k of the reply is bit k % 8 of byte k // 8, least significant first (padding bits are zero).
+    decoder.decode_into(bytes([0b0000_0010, 0b0000_0001, 0b0000_0000]), fields, [])
+    assert fields == {"a": True, "b": True, "c": False, "d": False}
+    assert unpack_bits(bytes([0b0000_0010, 0b0000_0001]), 10) == [False, True] + [False] * 6 + [True, False]
+
+
+def test_wire_helpers() -> None:
+    assert unpack_registers(bytes([0x12, 0x34, 0xAB, 0xCD])) == (0x1234, 0xABCD)
+    assert swap_bytes(bytes([0x12, 0x34, 0xAB, 0xCD])) == bytes([0x34, 0x12, 0xCD, 0xAB])

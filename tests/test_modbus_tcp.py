@@ -1,4 +1,5 @@
-"""The Modbus TCP driver against real pymodbus servers on free loopback ports (no mocks of pymodbus)."""
+"""The Modbus TCP driver against real pymodbus servers on free loopback ports, and against scripted servers for
+the faults no real server produces (garbled headers, wrong units, transaction id 0, a close mid-request)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -18,7 +19,7 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
 from edge_daq.drivers.modbus.tcp import PLUGIN, ModbusTcpInstrument, ModbusTcpLink
-from edge_daq.errors import DeviceError, DriverConnectionError, DriverTimeoutError
+from edge_daq.errors import DeviceError, DriverConnectionError, DriverProtocolError, DriverTimeoutError
 
 
 # Telegraf's layouts, letter by letter (see test_modbus_codec.py for the known vectors).
@@ -404,12 +405,12 @@ async def late_answering_server(registers: Mapping[int, int], delays: Mapping[in
         await server.wait_closed()
 
 
-async def test_late_reply_is_never_taken_for_the_next_request(caplog: pytest.LogCaptureFixture) -> None:
+async def test_late_reply_is_never_taken_for_the_next_request() -> None:
     """A reply that arrives after its request timed out must not be attributed to the pending request.
 
     Both reads ask for two registers, so a misattributed reply would decode without any error. The slow read
     is answered at 0.4 s, after its 0.15 s timeout, while the next read (sent at 0.15 s, answered at 0.6 s) is
-    in flight; pymodbus must skip the stale frame by its transaction id.
+    in flight; the link must drop the stale frame by its transaction id.
     """
     registers = {100: 0xAAAA, 101: 0xAAAA, 200: 0x0001, 201: 0x0002}
     async with late_answering_server(registers, {100: 0.4, 200: 0.45}) as port:
@@ -422,7 +423,145 @@ async def test_late_reply_is_never_taken_for_the_next_request(caplog: pytest.Log
             result = await PLUGIN.make_instrument(next_one).poll(link)
             assert time.monotonic() - started > 0.4  # the stale reply came and went while it was pending
             assert result.fields == {"v": 0x00010002}
-            assert "Skipping" in caplog.text  # pymodbus's framer log line for a transaction id mismatch
+            assert link.late_replies == 1
             # The link is still good: the slow device read with a long enough timeout.
             relaxed = PLUGIN.make_instrument(slow.model_copy(update={"timeout": 2.0}))
             assert (await relaxed.poll(link)).fields == {"v": 0xAAAAAAAA}
+
+
+# A scripted server's answer to one request: the bytes to send back (b"" sends nothing), or None to close.
+Answer = Callable[[int, int, int, int, int], bytes | None]
+
+
+def reply_frame(transaction: int, unit: int, pdu: bytes) -> bytes:
+    return struct.pack(">HHHB", transaction, 0, len(pdu) + 1, unit) + pdu
+
+
+def registers_pdu(values: Sequence[int], function: int = 3) -> bytes:
+    return struct.pack(f">BB{len(values)}H", function, 2 * len(values), *values)
+
+
+@asynccontextmanager
+async def scripted_server(answer: Answer) -> AsyncIterator[int]:
+    """Reads whole 12-byte read requests and sends what ``answer(transaction, unit, function, address, count)``
+    gives back, at once."""
+
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        try:
+            while True:
+                request = await reader.readexactly(12)
+                transaction, _, _, unit, function, address, count = struct.unpack(">HHHBBHH", request)
+                reply = answer(transaction, unit, function, address, count)
+                if reply is None:
+                    break
+                writer.write(reply)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in writers:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_reply_bytes_split_and_coalesced_are_reassembled() -> None:
+    """TCP keeps no message boundaries: a reply may come in pieces, or two replies in one segment."""
+    state = {"requests": 0}
+
+    def answer(transaction: int, unit: int, function: int, address: int, count: int) -> bytes:
+        state["requests"] += 1
+        return reply_frame(transaction, unit, registers_pdu([address + i for i in range(count)]))
+
+    async with scripted_server(answer) as port:
+        cfg = config(port, [{"name": "a", "address": 0, "type": "uint32"}, {"name": "b", "address": 500}])
+        async with connected(cfg) as (link, instrument):
+            assert (await instrument.poll(link)).fields == {"a": 1, "b": 500}
+            # Feed the framing directly: one reply byte by byte, then a reply glued to a stray one.
+            protocol = link._protocol
+            assert protocol is not None
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[object] = loop.create_future()
+            protocol.pending[7] = waiter  # type: ignore[assignment]
+            frame = reply_frame(7, 1, registers_pdu([42]))
+            for byte in frame:
+                assert not waiter.done()
+                protocol.data_received(bytes([byte]))
+            assert waiter.result() == frame[6:]
+            protocol.data_received(reply_frame(999, 1, registers_pdu([1])) + reply_frame(998, 1, registers_pdu([2])))
+            assert link.late_replies == 2
+
+
+@pytest.mark.parametrize(
+    ("reply", "message"),
+    [
+        (lambda t, u: reply_frame(t, u + 1, registers_pdu([1, 2])), "reply from unit 2"),
+        (lambda t, u: reply_frame(t, u, registers_pdu([1, 2], function=4)), "function code 4"),
+        (lambda t, u: reply_frame(t, u, registers_pdu([1])), "does not fit FC03 at 0 count 2"),
+    ],
+    ids=["wrong unit", "wrong function", "short reply"],
+)
+async def test_reply_that_does_not_match_the_request_is_a_protocol_error(
+    reply: Callable[[int, int], bytes], message: str
+) -> None:
+    async with scripted_server(lambda t, u, f, a, c: reply(t, u)) as port:
+        cfg = config(port, [{"name": "v", "address": 0, "type": "uint32"}])
+        async with connected(cfg) as (link, instrument):
+            with pytest.raises(DriverProtocolError, match=message):
+                await instrument.poll(link)
+            assert link.is_open  # the stream is still in step: only that read failed
+
+
+async def test_garbled_header_closes_the_connection() -> None:
+    http = b"HTTP/1.1 400 Bad Request\r\n\r\n"  # a web server where a Modbus server was expected
+    async with scripted_server(lambda t, u, f, a, c: http) as port:
+        link = PLUGIN.open_link([config(port, [{"name": "v", "address": 0}])])
+        await link.open()
+        with pytest.raises(DriverProtocolError, match="not Modbus TCP"):
+            await PLUGIN.make_instrument(config(port, [{"name": "v", "address": 0}])).poll(link)
+        assert link.garbled_frames == 1
+        assert not link.is_open
+        await link.close()
+
+
+async def test_device_answering_with_transaction_id_zero_is_accepted() -> None:
+    def answer(transaction: int, unit: int, function: int, address: int, count: int) -> bytes:
+        return reply_frame(0, unit, registers_pdu([address + 7]))
+
+    async with scripted_server(answer) as port, connected(config(port, [{"name": "v", "address": 5}])) as (link, inst):
+        for _ in range(3):
+            assert (await inst.poll(link)).fields == {"v": 12}
+        assert link.late_replies == 0
+
+
+async def test_close_mid_request_fails_at_once_as_a_lost_connection() -> None:
+    async with scripted_server(lambda t, u, f, a, c: None) as port:
+        cfg = config(port, [{"name": "v", "address": 0}], timeout="5s")
+        async with connected(cfg) as (link, instrument):
+            started = time.monotonic()
+            with pytest.raises(DriverConnectionError, match="connection lost"):
+                await instrument.poll(link)
+            assert time.monotonic() - started < 1.0  # not the 5 s timeout
+            assert not link.is_open
+
+
+async def test_transaction_ids_wrap_and_skip_zero() -> None:
+    seen: list[int] = []
+
+    def answer(transaction: int, unit: int, function: int, address: int, count: int) -> bytes:
+        seen.append(transaction)
+        return reply_frame(transaction, unit, registers_pdu([transaction]))
+
+    async with scripted_server(answer) as port, connected(config(port, [{"name": "v", "address": 0}])) as (link, inst):
+        link._transaction = 0xFFFE
+        for _ in range(3):
+            await inst.poll(link)
+    assert seen == [0xFFFF, 1, 2]

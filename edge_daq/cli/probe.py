@@ -9,7 +9,7 @@ four byte orders, side by side. SCPI/ASCII (TCP or serial): send queries and sho
     edge-daq probe --scpi-tcp 10.0.4.30:5025 -q "*IDN?" -q ":READ?"
     edge-daq probe --scpi-serial /dev/ttyUSB2 --baudrate 9600 --read-termination '\\r\\n' -q "TEMP?"
 
-Heavy imports (drivers, pymodbus) happen only when the command runs.
+Heavy imports (drivers, pyserial) happen only when the command runs.
 """
 
 from __future__ import annotations
@@ -116,6 +116,7 @@ async def _probe_scpi(args: argparse.Namespace, out: TextIO) -> int:
 
 
 async def _probe_modbus(args: argparse.Namespace, out: TextIO) -> int:
+    from edge_daq.drivers.modbus.codec import unpack_registers
     from edge_daq.drivers.modbus.planner import ReadRequest
     from edge_daq.errors import DeviceError, DriverError, DriverTimeoutError
 
@@ -153,7 +154,7 @@ async def _probe_modbus(args: argparse.Namespace, out: TextIO) -> int:
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
-        registers = list(await link.read(request, unit=args.unit, response_timeout=args.timeout))
+        registers = list(unpack_registers(await link.read(request, unit=args.unit, response_timeout=args.timeout)))
     except DeviceError as exc:
         print(f"probe: {exc}", file=out)
         if "exception 02" in str(exc):

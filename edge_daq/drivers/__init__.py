@@ -1,8 +1,8 @@
 """The driver registry: one line per ``driver:`` value a rig file may use.
 
 Both halves are imported lazily. The config model is light (pydantic only), so ``edge-daq check`` can
-validate every instrument without importing pymodbus or pyserial; the plugin pulls in the protocol
-library and is imported only when the daemon starts the instrument.
+validate every instrument without importing pyserial or a driver's protocol code; the plugin pulls those in
+and is imported only when the daemon starts the instrument.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 """Modbus drivers: the point config models, the codec and read planner they share, and the transports.
 
-Only the transport modules (``tcp``) import pymodbus, whose API changes between minor versions.
+Both transports frame Modbus themselves (``tcp``: MBAP, ``rtu``: RTU); their docstrings say why no library
+client is used.
 """

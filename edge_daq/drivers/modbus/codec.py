@@ -18,7 +18,8 @@ register, the two characters of each string register) are big endian for ABCD an
 BADC and DCBA.
 
 Speed matters (pipeline and driver-overhead benchmarks), so the work is compiled once per planned read: a poll
-packs the registers into bytes once (and once more byte-swapped, only if a point needs it), then each run of
+takes the reply's register bytes as they came off the wire (and swaps each register's bytes once, only if a
+point needs it), then each run of
 consecutive points of the same type, layout and scale is one ``unpack_from`` of a precompiled ``struct``
 format at a precomputed offset, with the scale applied per value. The trick that makes every order a plain
 ``struct`` format: with the registers packed big endian, ABCD is ``>`` and DCBA is ``<``; with each register's
@@ -27,6 +28,7 @@ bytes swapped, BADC becomes ``>`` and CDAB becomes ``<``.
 
 from __future__ import annotations
 
+import array
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -289,12 +291,6 @@ class RegisterBlockDecoder:
     count: int
     steps: tuple[BlockStep, ...]
     needs_swap: bool
-    _big: struct.Struct = field(init=False, repr=False)
-    _little: struct.Struct = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_big", struct.Struct(f">{self.count}H"))
-        object.__setattr__(self, "_little", struct.Struct(f"<{self.count}H"))
 
     @classmethod
     def compile(
@@ -307,28 +303,49 @@ class RegisterBlockDecoder:
             needs_swap=any(needs_byte_swap(point, byte_order) for _, point in points),
         )
 
-    def decode_into(self, registers: Sequence[int], fields: dict[str, FieldValue], failed: list[str]) -> None:
+    def decode_into(self, data: bytes, fields: dict[str, FieldValue], failed: list[str]) -> None:
         """Add each point's value to ``fields``; points whose value cannot be stored go to ``failed``.
 
-        ``registers`` holds exactly ``count`` values (the link checks the reply's length).
+        ``data`` is the reply's register bytes as they came off the wire (big endian), exactly ``2 * count``
+        of them (the link checks the reply's byte count).
         """
-        big = self._big.pack(*registers)
-        little = self._little.pack(*registers) if self.needs_swap else big
+        little = swap_bytes(data) if self.needs_swap else data
         for step in self.steps:
-            step(big, little, fields, failed)
+            step(data, little, fields, failed)
+
+
+def swap_bytes(data: bytes) -> bytes:
+    """The registers of ``data`` with the two bytes of each swapped."""
+    words = array.array("H", data)
+    words.byteswap()
+    return words.tobytes()
+
+
+def unpack_registers(data: bytes) -> tuple[int, ...]:
+    """Register values from a reply's big-endian register bytes."""
+    return struct.unpack(f">{len(data) // 2}H", data)
+
+
+def unpack_bits(data: bytes, count: int) -> list[bool]:
+    """The first ``count`` bits of a coil/discrete reply (least significant bit of the first byte first)."""
+    return [bool(data[i >> 3] >> (i & 7) & 1) for i in range(count)]
 
 
 @dataclass(frozen=True, slots=True)
 class BitBlockDecoder:
     """Decodes every point of one coil/discrete read: each point is one bit."""
 
-    offsets: tuple[tuple[str, int], ...]
+    offsets: tuple[tuple[str, int, int], ...]  # name, byte, bit mask
 
     @classmethod
     def compile(cls, points: Sequence[tuple[int, ModbusPoint]], *, start: int) -> BitBlockDecoder:
-        return cls(offsets=tuple((point.name, address - start) for address, point in points))
+        offsets = []
+        for address, point in points:
+            bit = address - start
+            offsets.append((point.name, bit >> 3, 1 << (bit & 7)))
+        return cls(offsets=tuple(offsets))
 
-    def decode_into(self, bits: Sequence[int], fields: dict[str, FieldValue], failed: list[str]) -> None:
-        """``bits`` may be longer than the request (replies are padded to whole bytes); never fails a point."""
-        for name, offset in self.offsets:
-            fields[name] = bool(bits[offset])
+    def decode_into(self, data: bytes, fields: dict[str, FieldValue], failed: list[str]) -> None:
+        """``data`` is the reply's packed bits (whole bytes, padded with zeros); never fails a point."""
+        for name, byte, mask in self.offsets:
+            fields[name] = bool(data[byte] & mask)

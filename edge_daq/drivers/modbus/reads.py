@@ -1,13 +1,12 @@
 """What every Modbus transport shares: the compiled read plan of an instrument and the poll that runs it.
 
-The transports (``tcp.py`` on pymodbus, ``rtu.py`` with its own framing) differ only in how one read
+The transports (``tcp.py`` with MBAP framing, ``rtu.py`` with RTU framing) differ only in how one read
 reaches the device, which is their link's :meth:`ModbusLink.read`.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,8 +32,9 @@ EXCEPTION_NAMES: dict[int, str] = {
 
 class ModbusLink(Link):
     @abstractmethod
-    async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> Sequence[int]:
-        """Execute one planned read: its registers, or its bits as bools; else a DriverError."""
+    async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> bytes:
+        """Execute one planned read and return the reply's data: the registers as they came off the wire (big
+        endian, ``2 * count`` bytes) or the packed bits (whole bytes); else raise a DriverError."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +91,7 @@ class ModbusInstrument(Instrument[ConfigT, LinkT], Generic[ConfigT, LinkT]):
         unit, timeout = self.config.unit, self.config.timeout
         for index, read in enumerate(self.reads):
             try:
-                values = await link.read(read.request, unit=unit, response_timeout=timeout)
+                data = await link.read(read.request, unit=unit, response_timeout=timeout)
             except (DriverTimeoutError, DriverConnectionError) as exc:
                 result.errors.append(exc)
                 for remaining in self.reads[index:]:
@@ -101,7 +101,7 @@ class ModbusInstrument(Instrument[ConfigT, LinkT], Generic[ConfigT, LinkT]):
                 result.errors.append(exc)
                 result.failed.extend(read.point_names)
                 continue
-            read.decoder.decode_into(values, fields, result.failed)
+            read.decoder.decode_into(data, fields, result.failed)
             succeeded += 1
         if not succeeded and result.errors:
             raise result.errors[0]

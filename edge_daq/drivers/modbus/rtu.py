@@ -146,11 +146,11 @@ class RtuLink(ModbusLink):
     async def close(self) -> None:
         await self.channel.close()
 
-    async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> Sequence[int]:
-        """Execute one planned read and return its registers, or its bits as bools; else a DriverError."""
+    async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> bytes:
+        """Execute one planned read and return the reply's data bytes (registers big endian, or packed bits)."""
         pdu = struct.pack(">BHH", request.function_code, request.address, request.count)
         reply = await self.transact(unit, pdu, expected_reply_length(request), response_timeout)
-        return _values(reply, request, unit=unit, where=self.describe)
+        return _data(reply, request, unit=unit, where=self.describe)
 
     async def transact(self, unit: int, pdu: bytes, reply_length: int, response_timeout: float) -> bytes:
         """Send one request and return the reply's PDU (function code first, CRC stripped).
@@ -241,7 +241,7 @@ class RtuLink(ModbusLink):
         return None, crc_bad
 
 
-def _values(reply: bytes, request: ReadRequest, *, unit: int, where: str) -> Sequence[int]:
+def _data(reply: bytes, request: ReadRequest, *, unit: int, where: str) -> bytes:
     if reply[0] & 0x80:
         code = reply[1]
         name = EXCEPTION_NAMES.get(code, "unknown exception")
@@ -250,10 +250,7 @@ def _values(reply: bytes, request: ReadRequest, *, unit: int, where: str) -> Seq
             f"{where} unit {unit}: exception {code:02d} ({name}) "
             f"for FC{request.function_code:02d} at {request.address} count {request.count}{hint}"
         )
-    data = reply[2:]
-    if is_bit_table(request.table):
-        return [bool(data[i // 8] >> (i % 8) & 1) for i in range(request.count)]
-    return struct.unpack(f">{request.count}H", data)
+    return reply[2:]  # the scan checked the byte count
 
 
 RtuConfigT = TypeVar("RtuConfigT", bound=ModbusRtuConfig | ModbusRtuOverTcpConfig)
