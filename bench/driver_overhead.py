@@ -5,8 +5,8 @@ The instrument has 30 points (24 scaled int16, 6 word-swapped float32) in one bl
 edge-daq's side is the real path of a poll: ``LinkScheduler`` (due times, lateness, stats), the link's lock,
 timer and MBAP framing (``edge_daq/drivers/modbus/tcp.py``, its own since this benchmark showed pymodbus's
 client to be the bottleneck), the compiled decoder, the record builder and the ring queue, with an interval
-shorter than a poll so that it polls back to back. The baseline is ``await client.read_holding_registers(...)`` in a loop,
-with no decoding. The two alternate in rounds (A B B A ...) so that drift of a noisy machine cancels. The
+shorter than a poll so that it polls back to back. The baseline is ``await client.read_holding_registers(...)``
+in a loop, with no decoding. The two alternate in rounds (A B B A ...) so that drift of a noisy machine cancels. The
 benchmark is pinned to one core and the simulator to the other.
 
     .venv/bin/python -m bench.driver_overhead            # 6 rounds of 2 s per side

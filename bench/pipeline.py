@@ -15,9 +15,9 @@ import argparse
 import asyncio
 import contextlib
 import gzip
-import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -32,11 +32,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the real-server helpers the tests use
 
 from servers import InfluxDBv1Server  # noqa: E402
 
-from bench.common import Figure, emit  # noqa: E402
+from bench.common import Figure, emit, free_port, pin  # noqa: E402
 from edge_daq.config.loader import load_config  # noqa: E402
 from edge_daq.daemon import Daemon  # noqa: E402
 from edge_daq.record import Record, Series, to_line_protocol  # noqa: E402
-from simulators.modbus_server import ModbusTcpServer, RegisterMapDevice  # noqa: E402
 
 # Each benchmark instrument reads one block of BANK_REGISTERS registers per poll: 70 scaled int16 and 15
 # float32 (word-swapped), 85 field values in one request, so the simulators' cost per value stays small and
@@ -61,47 +60,66 @@ class Phase:
         return self.values / self.seconds
 
 
-def pin(pid: int, cores: set[int]) -> None:
-    available = os.sched_getaffinity(0) if pid == 0 else set(range(os.cpu_count() or 1))
-    if cores <= available:
-        os.sched_setaffinity(pid, cores)
+class BankResponder(asyncio.Protocol):
+    """A Modbus TCP server that answers every FC03 read from one fixed register bank, and nothing else.
+
+    It costs a few microseconds per request, so that the simulated devices (which share a core with influxd)
+    never bound the pipeline; the full simulator (``simulators/modbus_server.py``) costs several times more
+    per request and made the first version of this benchmark measure the simulators. Every unit id answers,
+    with the same contents; the registers are ``address * 7 & 0x7FFF``.
+    """
+
+    BANK = struct.pack(f">{BANK_REGISTERS}H", *((address * 7) & 0x7FFF for address in range(BANK_REGISTERS)))
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self.buffer + data
+        replies = []
+        while len(buffer) >= 12:
+            transaction, _, _, unit, function, address, count = struct.unpack_from(">HHHBBHH", buffer)
+            buffer = buffer[12:]
+            if function != 3 or address + count > BANK_REGISTERS:
+                replies.append(struct.pack(">HHHBBB", transaction, 0, 3, unit, function | 0x80, 2))
+                continue
+            data_bytes = self.BANK[2 * address : 2 * (address + count)]
+            replies.append(struct.pack(">HHHBBB", transaction, 0, 3 + len(data_bytes), unit, 3, len(data_bytes)))
+            replies.append(data_bytes)
+        self.buffer = buffer
+        assert self.transport is not None
+        self.transport.write(b"".join(replies))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
-class RegisterBank(RegisterMapDevice):
-    """Fixed register contents: a device that costs the simulator process as little as possible per read."""
-
-    def __init__(self, unit: int) -> None:
-        self.highest_address = BANK_REGISTERS - 1
-        self.values = {address: (unit * 1000 + address * 7) & 0x7FFF for address in range(BANK_REGISTERS)}
-
-    def register_values(self) -> dict[int, int]:
-        return self.values
-
-
-async def serve_bank(port: int, units: int) -> None:
-    server = ModbusTcpServer({unit: RegisterBank(unit) for unit in range(1, units + 1)}, port=port)
-    async with server:
+async def serve_banks(ports: list[int]) -> None:
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(BankResponder, "127.0.0.1", port) for port in ports]
+    try:
         await asyncio.Event().wait()
+    finally:
+        for server in servers:
+            server.close()
 
 
-def start_simulators(count: int, units: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    processes, ports = [], []
-    for _ in range(count):
-        port = free_port()
-        command = [sys.executable, "-m", "bench.pipeline", "--serve-bank", str(port), "--units", str(units)]
+def start_simulators(endpoints: int, units: int, processes: int = 2) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``endpoints`` Modbus TCP servers on free ports (every unit id answers), served by up to ``processes``
+    processes pinned to the server core. ``units`` is the number of unit ids the caller will poll per endpoint."""
+    del units  # every unit id answers
+    ports = [free_port() for _ in range(endpoints)]
+    children = []
+    for index in range(min(processes, endpoints)):
+        mine = ",".join(map(str, ports[index::processes]))
+        command = [sys.executable, "-m", "bench.pipeline", "--serve-bank", mine]
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pin(process.pid, SERVER_CORE)
-        processes.append(process)
-        ports.append(port)
+        children.append(process)
     wait_for_ports(ports)
-    return processes, ports
+    return children, ports
 
 
 def wait_for_ports(ports: list[int], within: float = 15.0) -> None:
@@ -236,15 +254,15 @@ async def main_async(args: argparse.Namespace) -> list[Phase]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.pipeline")
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the pipeline polls")
-    parser.add_argument("--simulators", type=int, default=4, help="simulator processes (one link each)")
-    parser.add_argument("--units", type=int, default=4, help="instruments per simulator (85 fields each)")
+    parser.add_argument("--simulators", type=int, default=16, help="simulated Modbus TCP endpoints (one link each)")
+    parser.add_argument("--units", type=int, default=2, help="instruments per endpoint (85 fields each)")
     parser.add_argument("--quick", action="store_true", help="a few seconds, for the smoke test")
-    parser.add_argument("--serve-bank", type=int, metavar="PORT", help=argparse.SUPPRESS)  # a simulator child
+    parser.add_argument("--serve-bank", metavar="PORTS", help=argparse.SUPPRESS)  # a simulator child
     args = parser.parse_args(argv)
     if args.serve_bank:
         with contextlib.suppress(KeyboardInterrupt):
             signal.signal(signal.SIGTERM, signal.default_int_handler)
-            asyncio.run(serve_bank(args.serve_bank, args.units))
+            asyncio.run(serve_banks([int(port) for port in args.serve_bank.split(",")]))
         return 0
     if args.quick:
         args.seconds, args.simulators, args.units = 2.0, 1, 2

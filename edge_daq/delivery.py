@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 
 import structlog
 
@@ -59,16 +60,34 @@ class OutputRunner:
 
     async def run(self) -> None:
         await self._open()
+        in_flight: deque[tuple[Batch, asyncio.Task[None]]] = deque()
         try:
             while True:
+                if in_flight and not self._may_start_another(len(in_flight)):
+                    oldest, delivery = in_flight.popleft()
+                    await delivery
+                    self.source.commit(oldest)
+                    self.stats.lost = self.source.lost
+                    continue
                 batch = await self._next_batch()
                 if batch is None:
                     return
-                await self._deliver(batch)
-                self.source.commit(batch)
-                self.stats.lost = self.source.lost
+                in_flight.append((batch, asyncio.create_task(self._deliver(batch), name=f"{self.output.name} write")))
         finally:
+            for _, delivery in in_flight:
+                delivery.cancel()
+            if in_flight:
+                await asyncio.wait([delivery for _, delivery in in_flight])
             await self.output.close()
+
+    def _may_start_another(self, in_flight: int) -> bool:
+        """Whether to read the next batch while ``in_flight`` writes are under way: only a full batch, only
+        while the output is healthy (an outage is retried one batch at a time), and only as many as allowed."""
+        return (
+            in_flight < self.output.writes_in_flight
+            and self.stats.failing_since is None
+            and self.source.unread >= self.config.batch_size
+        )
 
     async def _open(self) -> None:
         while True:
@@ -84,9 +103,9 @@ class OutputRunner:
         source, size = self.source, self.config.batch_size
         if not self._closing:
             await source.wait(1)
-            if not self._closing and source.pending < size:
+            if not self._closing and source.unread < size:
                 await source.wait(size, max_wait=self.config.flush_interval)
-        if source.pending == 0:
+        if source.unread == 0:
             return None
         return source.read(size)
 

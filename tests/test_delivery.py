@@ -5,7 +5,7 @@ that each failure can be placed exactly.
 """
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 
@@ -112,3 +112,99 @@ async def test_drain_delivers_everything_pending_then_returns() -> None:
     runner.begin_drain()
     await asyncio.wait_for(runner.run(), 5)
     assert stats.delivered == 20
+
+
+class OverlappingOutput(Output):
+    """Takes two writes at once; each write waits until the test releases it, so their order can be chosen."""
+
+    name = "overlapping"
+    writes_in_flight = 2
+
+    def __init__(self) -> None:
+        self.started: list[list[int]] = []
+        self.release: dict[int, asyncio.Event] = {}
+        self.active = 0
+        self.most_active = 0
+
+    async def write(self, records: Sequence[Record]) -> WriteResult:
+        first = int(records[0].fields["n"])
+        self.started.append([int(r.fields["n"]) for r in records])
+        self.active += 1
+        self.most_active = max(self.most_active, self.active)
+        try:
+            await self.release.setdefault(first, asyncio.Event()).wait()
+        finally:
+            self.active -= 1
+        return WriteResult(written=len(records))
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_two_writes_overlap_and_commit_in_order() -> None:
+    ring = RingBuffer(1000)
+    output = OverlappingOutput()
+    runner, stats = make_runner(output, ring)
+    reader = runner.source
+    ring.extend(Record(SERIES, {"n": n}, n) for n in range(30))
+    task = asyncio.create_task(runner.run())
+    await until(lambda: len(output.started) == 2)
+    assert output.started == [list(range(10)), list(range(10, 20))]  # the second full batch did not wait
+    # The second write finishes first: nothing is committed until the first one is acknowledged too.
+    output.release.setdefault(10, asyncio.Event()).set()
+    await asyncio.sleep(0.05)
+    assert reader.pending == 30
+    output.release.setdefault(0, asyncio.Event()).set()
+    await until(lambda: reader.pending == 10)
+    assert stats.delivered == 20
+    output.release.setdefault(20, asyncio.Event()).set()
+    await until(lambda: stats.delivered == 30)
+    runner.begin_drain()
+    await asyncio.wait_for(task, 5)
+    assert output.most_active == 2
+    assert len(ring) == 0
+
+
+async def test_a_partial_batch_is_not_started_beside_a_write_in_flight() -> None:
+    ring = RingBuffer(1000)
+    output = OverlappingOutput()
+    runner, stats = make_runner(output, ring)
+    ring.extend(Record(SERIES, {"n": n}, n) for n in range(15))
+    task = asyncio.create_task(runner.run())
+    await until(lambda: len(output.started) == 1)
+    await asyncio.sleep(0.1)  # two flush intervals: the 5 left wait for the write in flight, not beside it
+    assert output.started == [list(range(10))]
+    output.release.setdefault(0, asyncio.Event()).set()
+    await until(lambda: len(output.started) == 2)
+    assert output.started[1] == list(range(10, 15))
+    output.release.setdefault(10, asyncio.Event()).set()
+    await until(lambda: stats.delivered == 15)
+    runner.begin_drain()
+    await asyncio.wait_for(task, 5)
+    assert output.most_active == 1
+
+
+async def test_while_failing_no_further_batch_is_started() -> None:
+    ring = RingBuffer(1000)
+    output = ScriptedOutput([RetriableSinkError("503")] * 3)
+    output.writes_in_flight = 2  # type: ignore[misc]
+    attempts: list[tuple[int, bool]] = []  # (first n of the batch, failed)
+    write = output.write
+
+    async def logged_write(records: Sequence[Record]) -> WriteResult:
+        failing = bool(output.failures)
+        attempts.append((int(records[0].fields["n"]), failing))
+        return await write(records)
+
+    output.write = logged_write  # type: ignore[method-assign]
+    runner, stats = make_runner(output, ring)
+    ring.extend(Record(SERIES, {"n": n}, n) for n in range(40))
+    await run_until_delivered(runner, stats, 40)
+    assert sorted(n for batch in output.batches for n in batch) == list(range(40))  # each record once
+    last_failure = max(index for index, (_, failed) in enumerate(attempts) if failed)
+    # Only the two batches under way when the outage began are retried until it ends.
+    assert {first for first, _ in attempts[: last_failure + 1]} <= {0, 10}
+    assert len(ring) == 0

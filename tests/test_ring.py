@@ -82,3 +82,48 @@ async def test_wake_ends_a_wait_at_once() -> None:
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="capacity"):
         RingBuffer(0)
+
+
+def test_reads_ahead_of_the_cursor_hand_out_consecutive_batches() -> None:
+    ring = RingBuffer(100)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(10))
+    first, second = reader.read(4), reader.read(4)
+    assert values(first.records) == [0, 1, 2, 3]
+    assert values(second.records) == [4, 5, 6, 7]
+    assert (reader.pending, reader.unread) == (10, 2)  # both batches in flight, nothing committed
+    reader.commit(first)
+    assert (reader.pending, reader.unread, len(ring)) == (6, 2, 6)
+    reader.commit(second)
+    assert values(reader.read(10).records) == [8, 9]
+
+
+def test_rewind_hands_out_the_uncommitted_records_again() -> None:
+    ring = RingBuffer(100)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(6))
+    reader.read(4)
+    reader.rewind()
+    assert values(reader.read(3).records) == [0, 1, 2]
+
+
+def test_overflow_counts_lost_only_what_was_never_read() -> None:
+    ring = RingBuffer(4)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(4))
+    in_flight = reader.read(2)  # 0 and 1
+    ring.extend(record(n) for n in range(4, 10))  # evicts 0..5: 2..5 were never read
+    assert reader.lost == 4
+    reader.commit(in_flight)
+    assert values(reader.read(10).records) == [6, 7, 8, 9]
+    assert reader.lost == 4
+
+
+async def test_wait_counts_unread_records_not_those_in_flight() -> None:
+    ring = RingBuffer(100)
+    reader = ring.reader("out")
+    ring.extend(record(n) for n in range(3))
+    reader.read(3)
+    assert not await reader.wait(1, max_wait=0.01)
+    ring.append(record(3))
+    assert await reader.wait(1, max_wait=0.01)

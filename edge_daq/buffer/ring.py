@@ -35,7 +35,12 @@ class BatchSource(Protocol):
 
     @property
     def pending(self) -> int:
-        """Records available to this reader and not yet committed."""
+        """Records available to this reader and not yet committed (read or not)."""
+        ...
+
+    @property
+    def unread(self) -> int:
+        """Records not yet handed out by :meth:`read`: fewer than :attr:`pending` while batches are in flight."""
         ...
 
     @property
@@ -44,9 +49,9 @@ class BatchSource(Protocol):
         ...
 
     async def wait(self, min_records: int = 1, max_wait: float | None = None) -> bool:
-        """Wait until ``min_records`` are pending, ``max_wait`` seconds pass or :meth:`wake` is called.
+        """Wait until ``min_records`` are unread, ``max_wait`` seconds pass or :meth:`wake` is called.
 
-        Returns whether ``min_records`` are pending.
+        Returns whether ``min_records`` are unread.
         """
         ...
 
@@ -54,9 +59,13 @@ class BatchSource(Protocol):
         """End the current and every later :meth:`wait` at once (used when draining)."""
         ...
 
-    def read(self, max_records: int) -> Batch: ...
+    def read(self, max_records: int) -> Batch:
+        """The next records after those already handed out; several batches may be in flight at once."""
+        ...
 
-    def commit(self, batch: Batch) -> None: ...
+    def commit(self, batch: Batch) -> None:
+        """``batch`` and every batch read before it are delivered (batches are committed in the order read)."""
+        ...
 
 
 class RingBuffer:
@@ -97,7 +106,7 @@ class RingBuffer:
         # Wake a reader only once the batch it waits for is complete: one wake-up per batch, not per record.
         next_seq = self._first_seq + len(self._records)
         for reader in self._readers:
-            if next_seq - reader.cursor >= reader.wanted:
+            if next_seq - reader._next >= reader.wanted:
                 reader.data_ready.set()
 
     def extend(self, records: Iterable[Record]) -> None:
@@ -123,6 +132,9 @@ class RingReader:
         self._ring = ring
         self.name = name
         self.cursor = cursor
+        """The first record not committed."""
+        self._next = cursor
+        """The first record not handed out by :meth:`read` (at or after the cursor)."""
         self.data_ready = asyncio.Event()
         self.wanted = 1
         self._woken = False
@@ -130,13 +142,19 @@ class RingReader:
 
     def _catch_up(self) -> None:
         # Records this reader never read were dropped by the ring while full.
-        if self.cursor < self._ring._first_seq:
-            self._lost += self._ring._first_seq - self.cursor
-            self.cursor = self._ring._first_seq
+        first = self._ring._first_seq
+        if self.cursor < first:
+            self._lost += first - max(self.cursor, min(self._next, first))  # records read before are not lost
+            self.cursor = first
+            self._next = max(self._next, first)
 
     @property
     def pending(self) -> int:
         return self._ring.next_seq - max(self.cursor, self._ring._first_seq)
+
+    @property
+    def unread(self) -> int:
+        return self._ring.next_seq - max(self._next, self._ring._first_seq)
 
     @property
     def lost(self) -> int:
@@ -148,14 +166,14 @@ class RingReader:
         self.wanted = min_records
         try:
             async with asyncio.timeout_at(deadline):
-                while self.pending < min_records and not self._woken:
+                while self.unread < min_records and not self._woken:
                     self.data_ready.clear()
                     await self.data_ready.wait()
         except TimeoutError:
             pass
         finally:
             self.wanted = 1
-        return self.pending >= min_records
+        return self.unread >= min_records
 
     def wake(self) -> None:
         self._woken = True
@@ -170,10 +188,15 @@ class RingReader:
 
     def read(self, max_records: int) -> Batch:
         self._catch_up()
-        records = self._ring._slice(self.cursor, max_records)
-        return Batch(records, self.cursor + len(records))
+        records = self._ring._slice(self._next, max_records)
+        self._next += len(records)
+        return Batch(records, self._next)
 
     def commit(self, batch: Batch) -> None:
         if batch.end > self.cursor:
             self.cursor = batch.end
             self._ring._release()
+
+    def rewind(self) -> None:
+        """Hand out again, from the cursor, the records read and not committed (a write that failed part-way)."""
+        self._next = self.cursor

@@ -571,6 +571,7 @@ class Spool:
             self._ring_reader.commit(Batch(batch.records[: outcome.written], batch.end - unwritten))
             self.stats.records_written += outcome.written
         if outcome.error is not None:
+            self._ring_reader.rewind()  # the unwritten rest is read again by the retry
             self._write_failed(outcome.error)
             if outcome.error.errno in (errno.ENOSPC, errno.EDQUOT) and self._has_records_to_drop():
                 self._note_dropping(["disk_full"])
@@ -803,6 +804,10 @@ class SpoolReader:
         return max(0, self._spool.end_seq - self.committed.seq)
 
     @property
+    def unread(self) -> int:
+        return max(0, self._spool.end_seq - self._handed_out.seq)
+
+    @property
     def lost(self) -> int:
         return self._lost
 
@@ -811,7 +816,7 @@ class SpoolReader:
         self._wanted = min_records
         try:
             async with asyncio.timeout_at(deadline):
-                while self.pending < min_records and not self._woken:
+                while self.unread < min_records and not self._woken:
                     self._ready.clear()
                     await self._ready.wait()
         except TimeoutError:
@@ -819,7 +824,7 @@ class SpoolReader:
         finally:
             self._wanted = 1
         await self._fill(max(min_records, self._fill_hint))
-        return self.pending >= min_records
+        return self.unread >= min_records
 
     def wake(self) -> None:
         self._woken = True
@@ -935,7 +940,7 @@ class SpoolReader:
     # -- called by the spool
 
     def data_arrived(self) -> None:
-        if self.pending >= self._wanted:
+        if self.unread >= self._wanted:
             self._ready.set()
 
     def segment_dropped(self, dropped: Segment, following: Segment | None) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import ClassVar, Self
 
 from pydantic import Field, SecretStr
 
@@ -54,6 +54,9 @@ class Output(ABC):
     """An output delivers batches of records. ``async with`` opens and closes its connections."""
 
     name: str
+    writes_in_flight: ClassVar[int] = 1
+    """How many :meth:`write` calls the runner may have under way at once, on consecutive batches. More than
+    one only where the destination does not care in which order batches arrive; they are committed in order."""
 
     async def __aenter__(self) -> Self:
         await self.open()
