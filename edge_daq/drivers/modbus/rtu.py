@@ -67,6 +67,7 @@ from edge_daq.errors import (
     DriverProtocolError,
     DriverTimeoutError,
 )
+from edge_daq.loop import sleep_precisely
 
 MIN_SILENCE_S = 0.00175
 """Above 19200 baud the Modbus serial line spec fixes the inter-frame silence at 1.75 ms."""
@@ -167,7 +168,7 @@ class RtuLink(ModbusLink):
                 self._line_free_at, channel.last_received + self.silence, self._unit_free_at.get(unit, 0.0)
             )
             if (wait := quiet_until - loop.time()) > 0:
-                await asyncio.sleep(wait)
+                await sleep_precisely(wait)
             self.stale_bytes += channel.discard_input()
             await channel.write(request)
             sent = loop.time()
