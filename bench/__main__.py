@@ -31,7 +31,7 @@ REPO = BENCH.parent
 BENCHMARKS: tuple[tuple[str, float], ...] = (
     ("pipeline", 180),
     ("driver_overhead", 120),
-    ("fleet", 420),
+    ("fleet", 540),
     ("rtu_line", 120),
     ("backlog", 300),
     ("startup", 180),

@@ -7,11 +7,20 @@ of schedule lateness (exact samples: every instrument's lateness observation is 
 scaling limit: N is stepped up until cycles are skipped; the limit is the largest N polled without skips.
 
 The daemon runs in this process, pinned to one core; the simulators (several endpoints per process) and
-influxd share the other core. Node-RED, the tool the issue compares with, is not run here: its row in the
-table says so (see bench/NOTES.md).
+influxd share the other core.
+
+Node-RED, the tool the issue compares with, polls the same fleet side by side (bench/nodered.py): on the same
+simulators and influxd (a database of its own), pinned to the daemon's core, and only while the daemon is not
+running: right after edge-daq's main run at the same size and window, then through the same scaling steps
+after edge-daq's (a step of ``--step-seconds``, stopping at the first it does not keep up with). Its figures
+are the baselines of resident memory, CPU per delivered value (and per value read: InfluxDB refuses some of
+Node-RED's one-point writes) and the scaling limit. Node-RED does not count skipped cycles: it falls behind
+when it makes under 99% of the polls due in the window. When node, npm or the install is missing, or
+``--no-nodered`` is given, those rows say "not run" and why.
 
     .venv/bin/python -m bench.fleet                  # 1000 instruments for 60 s, then steps up to 4000
     .venv/bin/python -m bench.fleet --seconds 300    # the issue's 5-minute window
+    .venv/bin/python -m bench.fleet --no-nodered     # edge-daq only
     .venv/bin/python -m bench.fleet --quick          # 20 instruments for 3 s: the smoke test
 """
 
@@ -31,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
-from bench import pipeline
+from bench import nodered, pipeline
 from bench.common import (
     BLOCK_REGISTERS,
     Figure,
@@ -43,6 +52,7 @@ from bench.common import (
     ratio,
     rss_mb,
 )
+from bench.nodered import NodeRedRun, NodeRedUnavailableError
 from edge_daq.config.loader import load_config
 from edge_daq.daemon import Daemon
 from edge_daq.stats import Histogram
@@ -54,6 +64,9 @@ POINTS_PER_INSTRUMENT = 30
 LATENESS_TARGET = 0.020
 MEMORY_TARGET_MB = 150.0
 SIMULATOR_PROCESSES = 2
+GATEWAY, RIG, RIG_TAGS = "gw-fleet", "fleet", {"test": "HTOL", "lot": "L2611-03"}
+SERIES_TAGS = {**RIG_TAGS, "gateway": GATEWAY, "rig": RIG}  # what edge-daq tags each record with (but instrument)
+NODERED_CONNECT = 2.0  # Node-RED connects 0.5 s after its flows start and reads one interval later
 
 
 class FleetDevice(RegisterMapDevice):
@@ -76,7 +89,11 @@ async def serve_fleet(ports: list[int], units: int) -> None:
 
 
 def start_simulators(endpoints: int, units: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    ports = [free_port() for _ in range(endpoints)]
+    # Distinct: free_port() can hand out the same port twice in 50 calls, and a simulator then fails to bind.
+    chosen: set[int] = set()
+    while len(chosen) < endpoints:
+        chosen.add(free_port())
+    ports = sorted(chosen)
     processes = []
     for index in range(SIMULATOR_PROCESSES):
         mine = ports[index::SIMULATOR_PROCESSES]
@@ -86,8 +103,19 @@ def start_simulators(endpoints: int, units: int) -> tuple[list[subprocess.Popen[
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         pin(process.pid, pipeline.SERVER_CORE)
         processes.append(process)
-    pipeline.wait_for_ports(ports)
+    try:
+        pipeline.wait_for_ports(ports)
+    except RuntimeError:
+        stop_simulators(processes)
+        raise
     return processes, ports
+
+
+def stop_simulators(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    for process in processes:
+        process.wait(10)
 
 
 def write_config(folder: Path, influx_url: str, database: str, ports: list[int], instruments: int) -> Path:
@@ -96,7 +124,8 @@ def write_config(folder: Path, influx_url: str, database: str, ports: list[int],
     points = []
     for point in instrument_points():
         points.append("      - {" + ", ".join(f"{key}: {value}" for key, value in point.items()) + "}")
-    lines = ["rig: fleet", "tags: {test: HTOL, lot: L2611-03}", "instruments:"]
+    tags = ", ".join(f"{key}: {value}" for key, value in RIG_TAGS.items())
+    lines = [f"rig: {RIG}", f"tags: {{{tags}}}", "instruments:"]
     for k in range(instruments):
         port, unit = ports[k % len(ports)], k // len(ports) + 1
         lines += [f"  - name: i{k:05d}", "    driver: modbus-tcp", "    host: 127.0.0.1", f"    port: {port}"]
@@ -105,7 +134,7 @@ def write_config(folder: Path, influx_url: str, database: str, ports: list[int],
     (folder / "rigs.d" / "fleet.yaml").write_text("\n".join(lines) + "\n")
     gateway = folder / "edge-daq.yaml"
     gateway.write_text(
-        f"gateway: gw-fleet\nrigs: rigs.d/\nbuffer: {{memory_records: 100000}}\nlog: {{level: warning}}\n"
+        f"gateway: {GATEWAY}\nrigs: rigs.d/\nbuffer: {{memory_records: 100000}}\nlog: {{level: warning}}\n"
         f"outputs:\n  influxdb: {{url: {influx_url}, api: v1, database: {database}, batch_size: 5000}}\n"
     )
     return gateway
@@ -205,10 +234,36 @@ async def run_fleet(
     return result
 
 
-async def measure(args: argparse.Namespace) -> tuple[FleetRun, list[FleetRun]]:
+@dataclass(slots=True)
+class Results:
+    main: FleetRun
+    steps: list[FleetRun] = field(default_factory=list)
+    nodered_main: NodeRedRun | None = None
+    nodered_steps: list[NodeRedRun] = field(default_factory=list)
+    nodered_missing: str = ""  # why Node-RED did not run (or stopped running)
+
+
+def prepare_nodered(args: argparse.Namespace) -> tuple[Path | None, str]:
+    """The Node-RED install (made now, before anything is measured), or why there is none."""
+    if not args.nodered:
+        return None, "--no-nodered"
+    started = time.perf_counter()
+    already = nodered.is_installed()
+    try:
+        folder = nodered.install()
+    except NodeRedUnavailableError as error:
+        print(f"Node-RED not run: {error}", flush=True)
+        return None, str(error)
+    if not already:
+        print(f"Node-RED installed with npm in {time.perf_counter() - started:.0f} s into {folder}", flush=True)
+    return folder, ""
+
+
+async def measure(args: argparse.Namespace) -> Results:
     pin(0, pipeline.PIPELINE_CORE)
     largest = max([args.instruments, *args.steps])
     units = -(-largest // args.endpoints)
+    nodered_folder, missing = prepare_nodered(args)
     with tempfile.TemporaryDirectory(prefix="edge-daq-fleet-") as folder:
         root = Path(folder)
         influx = InfluxDBv1Server(root / "influxdb")
@@ -218,29 +273,56 @@ async def measure(args: argparse.Namespace) -> tuple[FleetRun, list[FleetRun]]:
             assert influx.pid is not None
             pin(influx.pid, pipeline.SERVER_CORE)
             simulators, ports = start_simulators(args.endpoints, units)
-            main = await run_fleet(influx, root, ports, args.instruments, args.warmup, args.seconds)
-            print(main.describe(), flush=True)
-            steps = []
+
+            main_run = await run_fleet(influx, root, ports, args.instruments, args.warmup, args.seconds)
+            print(main_run.describe(), flush=True)
+            results = Results(main_run, nodered_missing=missing)
+
+            async def side_by_side(instruments: int, seconds: float) -> NodeRedRun | None:
+                if nodered_folder is None or results.nodered_missing:
+                    return None
+                try:
+                    run = await nodered.run_fleet(
+                        nodered_folder, influx, root, ports, instruments, SERIES_TAGS, pipeline.PIPELINE_CORE,
+                        args.warmup + NODERED_CONNECT, seconds,
+                    )  # fmt: skip
+                except NodeRedUnavailableError as error:
+                    print(f"Node-RED not run: {error}", flush=True)
+                    results.nodered_missing = str(error)
+                    return None
+                print(run.describe(), flush=True)
+                return run
+
+            results.nodered_main = await side_by_side(args.instruments, args.seconds)
             for count in args.steps:
                 step = await run_fleet(influx, root, ports, count, args.warmup, args.step_seconds)
                 print(step.describe(), flush=True)
-                steps.append(step)
+                results.steps.append(step)
                 if step.skipped:
                     break
+            if results.nodered_main is not None and results.nodered_main.kept_up:
+                for count in args.steps:
+                    if (nodered_step := await side_by_side(count, args.step_seconds)) is None:
+                        break
+                    results.nodered_steps.append(nodered_step)
+                    if not nodered_step.kept_up:
+                        break
         finally:
-            for process in simulators:
-                process.send_signal(signal.SIGTERM)
-            for process in simulators:
-                process.wait(10)
+            stop_simulators(simulators)
             influx.stop()
-    return main, steps
+    return results
 
 
-def report(main: FleetRun, steps: list[FleetRun], endpoints: int) -> None:
-    runs = [main, *steps]
-    clean = [run.instruments for run in runs if run.skipped == 0 and run.failures == 0]
-    limit = max(clean, default=0)
-    bounded = any(run.skipped for run in runs)
+def scaling_limit(sizes: list[tuple[int, bool]]) -> tuple[int, bool]:
+    """From (instruments, kept up) of each run: the largest size kept up with, and whether some size was not."""
+    return max((size for size, ok in sizes if ok), default=0), not all(ok for _, ok in sizes)
+
+
+def report(results: Results, endpoints: int) -> None:
+    main = results.main
+    limit, bounded = scaling_limit(
+        [(r.instruments, r.skipped == 0 and r.failures == 0) for r in [main, *results.steps]]
+    )
     p99 = main.lateness_quantile(0.99)
     due = main.polls + main.skipped
     print(f"fleet of {main.instruments} instruments on {endpoints} endpoints, {main.seconds:.0f} s window:")
@@ -250,23 +332,69 @@ def report(main: FleetRun, steps: list[FleetRun], endpoints: int) -> None:
     )
     print(f"  values stored in InfluxDB over the whole run: {main.stored_values}")
     print(f"scaling limit: {limit} instruments at 1 s without skipped cycles" + ("" if bounded else " (or more)"))
-    nodered = "Node-RED side by side (not run: see bench/NOTES.md)"
+    name = f"fleet {main.instruments} x 30"
     figures = [
-        Figure("fleet", f"fleet {main.instruments} x 30: skipped cycles", main.skipped, "cycles", "cycles due",
+        Figure("fleet", f"{name}: skipped cycles", main.skipped, "cycles", "cycles due",
                due, ratio(main.skipped, due), "0 skipped", main.skipped == 0),
-        Figure("fleet", f"fleet {main.instruments} x 30: p99 schedule lateness", 1e3 * p99, "ms", "interval (ms)",
+        Figure("fleet", f"{name}: p99 schedule lateness", 1e3 * p99, "ms", "interval (ms)",
                1e3 * INTERVAL, p99 / INTERVAL, "p99 < 20 ms", p99 < LATENESS_TARGET),
-        Figure("fleet", f"fleet {main.instruments} x 30: resident memory", main.rss_peak_mb, "MB",
+        Figure("fleet", f"{name}: resident memory", main.rss_peak_mb, "MB",
                "same process before the daemon", main.rss_before_mb, ratio(main.rss_peak_mb, main.rss_before_mb),
-               f"< {MEMORY_TARGET_MB:g} MB, below Node-RED", main.rss_peak_mb < MEMORY_TARGET_MB),
-        Figure("fleet", f"fleet {main.instruments} x 30: CPU per delivered value", main.cpu_per_value_us, "us",
-               nodered, math.nan, math.nan, "below Node-RED", None),
-        Figure("fleet", "fleet scaling limit at 1 s without skips", limit, "instruments", nodered, math.nan,
-               math.nan, "above Node-RED (>= 1000 here)", limit >= 1000 if bounded else None,
-               "" if bounded else f"no step skipped up to {limit}: the limit is higher"),
+               f"< {MEMORY_TARGET_MB:g} MB", main.rss_peak_mb < MEMORY_TARGET_MB),
     ]  # fmt: skip
+    figures += against_nodered(results, limit, bounded)
     for figure in figures:
         emit(figure)
+
+
+def against_nodered(results: Results, limit: int, bounded: bool) -> list[Figure]:
+    """The rows with Node-RED as the baseline: memory, CPU per value and the scaling limit."""
+    main, side = results.main, results.nodered_main
+    name = f"fleet {main.instruments} x 30"
+    edge_note = "" if bounded else f"edge-daq skipped no step up to {limit}: its limit is higher"
+    if side is None:
+        reason = results.nodered_missing or "see the log"
+        label = f"Node-RED (not run: {reason[:200]})"
+        return [
+            Figure("fleet", f"{name}: resident memory against Node-RED", main.rss_peak_mb, "MB", label,
+                   math.nan, math.nan, "below Node-RED", None),
+            Figure("fleet", f"{name}: CPU per delivered value", main.cpu_per_value_us, "us", label,
+                   math.nan, math.nan, "below Node-RED", None),
+            Figure("fleet", f"{name}: CPU per value read (Node-RED's delivered or not)", main.cpu_per_value_us,
+                   "us", label, math.nan, math.nan, "below Node-RED", None),
+            Figure("fleet", "fleet scaling limit at 1 s without skips", limit, "instruments", label,
+                   math.nan, math.nan, "above Node-RED", None, edge_note),
+        ]  # fmt: skip
+    side_limit, side_bounded = scaling_limit([(r.instruments, r.kept_up) for r in [side, *results.nodered_steps]])
+    # Without a step it fell behind at, Node-RED's limit is a lower bound: edge-daq is above it only if known higher.
+    limit_met = limit > side_limit if side_bounded else (False if bounded else None)
+    side_note = "" if side_bounded else f"Node-RED kept up with every step up to {side_limit}"
+    delivered = "delivered unknown" if side.delivered is None else f"{side.delivered / side.polls:.1%} delivered"
+    label = f"Node-RED, same fleet and window ({side.polls / side.due:.1%} of polls made, {delivered})"
+    print(
+        f"Node-RED side by side: {side.cpu_per_value_us:.1f} us CPU/delivered value "
+        f"({side.cpu_per_polled_value_us:.1f} per polled value), RSS {side.rss_peak_mb:.0f} MB; "
+        f"scaling limit {side_limit}" + ("" if side_bounded else " (or more)")
+    )
+    print(
+        f"  ratio edge-daq/Node-RED: CPU per delivered value {main.cpu_per_value_us / side.cpu_per_value_us:.2f}, "
+        f"per polled value {main.cpu_per_value_us / side.cpu_per_polled_value_us:.2f}; "
+        f"RSS {main.rss_peak_mb / side.rss_peak_mb:.2f}"
+    )
+    rss, cpu, read = side.rss_peak_mb, side.cpu_per_value_us, side.cpu_per_polled_value_us
+    edge_cpu = main.cpu_per_value_us
+    return [
+        Figure("fleet", f"{name}: resident memory against Node-RED", main.rss_peak_mb, "MB", label,
+               rss, ratio(main.rss_peak_mb, rss), "below Node-RED", main.rss_peak_mb < rss),
+        Figure("fleet", f"{name}: CPU per delivered value", edge_cpu, "us", label,
+               cpu, ratio(edge_cpu, cpu), "below Node-RED", None if math.isnan(cpu) else edge_cpu < cpu),
+        # Node-RED's values lost to InfluxDB's refusals still cost it CPU: this row leaves them out.
+        Figure("fleet", f"{name}: CPU per value read (Node-RED's delivered or not)", edge_cpu, "us",
+               "Node-RED, same fleet and window", read, ratio(edge_cpu, read), "below Node-RED", edge_cpu < read),
+        Figure("fleet", "fleet scaling limit at 1 s without skips", limit, "instruments", "Node-RED, same steps",
+               side_limit, ratio(limit, side_limit), "above Node-RED", limit_met,
+               "; ".join(filter(None, [edge_note, side_note]))),
+    ]  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -277,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds before the window opens")
     parser.add_argument("--steps", default="1500,2000,3000,4000", help="fleet sizes of the scaling steps")
     parser.add_argument("--step-seconds", type=float, default=10.0, help="the measured window of each step")
+    parser.add_argument("--no-nodered", dest="nodered", action="store_false", help="do not run Node-RED alongside")
     parser.add_argument("--quick", action="store_true", help="20 instruments for 3 s: the smoke test")
     parser.add_argument("--serve", help=argparse.SUPPRESS)  # a simulator child: comma-separated ports
     parser.add_argument("--units", type=int, default=1, help=argparse.SUPPRESS)
@@ -290,8 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         args.instruments, args.endpoints, args.seconds, args.warmup = 20, 4, 3.0, 1.5
         args.steps, args.step_seconds = "40", 2.0
     args.steps = [int(step) for step in args.steps.split(",") if step]
-    main_run, steps = asyncio.run(measure(args))
-    report(main_run, steps, args.endpoints)
+    report(asyncio.run(measure(args)), args.endpoints)
     return 0
 
 

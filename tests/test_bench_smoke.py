@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+import struct
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import nodered
+from bench.common import BLOCK_REGISTERS, instrument_points
+from edge_daq.drivers.modbus.codec import RegisterBlockDecoder
+from edge_daq.drivers.modbus.config import ModbusPoint
+from edge_daq.record import FieldValue
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -54,9 +66,79 @@ def test_startup_benchmark() -> None:
 
 
 def test_fleet_benchmark() -> None:
+    """Node-RED runs alongside for real when npm can install it (once, into bench/.work/nodered: ~25 s)."""
     output = run_benchmark("bench.fleet")
     assert "scaling limit:" in output
     assert "p99 lateness" in output
+    if nodered.is_installed():
+        assert "Node-RED side by side:" in output, output
+        assert "Node-RED    20 instruments:" in output
+    else:
+        assert "Node-RED not run:" in output, output
+
+
+def test_nodered_flow_has_one_read_per_instrument_and_one_client_per_endpoint() -> None:
+    ports = [5020, 5021, 5022]
+    flow = nodered.fleet_flow(ports, 7, 8086, "nodered_7", {"rig": "fleet", "gateway": "gw-fleet"})
+    counts = Counter(node["type"] for node in flow)
+    # Plus the benchmark's read-out of the poll count: http in -> function -> http response.
+    assert counts == {"tab": 1, "modbus-client": 3, "modbus-read": 7, "function": 2, "influxdb out": 1, "influxdb": 1,
+                      "http in": 1, "http response": 1}  # fmt: skip
+    nodes = {node["id"]: node for node in flow}
+    assert len(nodes) == len(flow)
+    function = nodes[reads_target(flow)]
+    assert function["type"] == "function"
+    (out,) = (node for node in flow if node["type"] == "influxdb out")
+    reads = [node for node in flow if node["type"] == "modbus-read"]
+    for k, read in enumerate(reads):
+        # Instrument k is where edge-daq's configuration puts it: unit k // endpoints + 1 on endpoint k % endpoints.
+        client = nodes[read["server"]]
+        assert (client["clienttype"], client["tcpHost"], client["tcpPort"]) == ("tcp", "127.0.0.1", str(ports[k % 3]))
+        assert read["unitid"] == str(k // 3 + 1)
+        assert read["topic"] == f"i{k:05d}"
+        assert (read["dataType"], read["adr"], read["quantity"]) == ("HoldingRegister", "0", str(BLOCK_REGISTERS))
+        assert (read["rate"], read["rateUnit"]) == ("1", "s")
+        assert read["wires"] == [[function["id"]], []]
+    assert function["wires"] == [[out["id"]]]
+    config = nodes[out["influxdb"]]
+    assert (config["influxdbVersion"], config["port"], config["database"]) == ("1.x", "8086", "nodered_7")
+    assert out["precision"] == "ms"  # the function node's timestamps are milliseconds
+    # Node-RED takes any property value equal to a node's id for a reference to it (and refuses a config node
+    # "depending" on itself): only the real references may hold ids.
+    references = {"id", "z", "server", "influxdb", "wires"}
+    for node in flow:
+        assert not [v for k, v in node.items() if k not in references and isinstance(v, str) and v in nodes], node
+
+
+def reads_target(flow: list[dict[str, Any]]) -> str:
+    """The one node every modbus-read's first output goes to."""
+    (target,) = {read["wires"][0][0] for read in flow if read["type"] == "modbus-read"}
+    return str(target)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node (Node.js) is not installed")
+def test_nodered_function_decodes_like_edge_daq() -> None:
+    registers = [0, 1, 9, 10, 255, 32767, 32768, 65535, 65526, 12345, 54321, 40000]
+    registers += [(n * 2617) & 0xFFFF for n in range(12)]
+    for value in (3.14159, -273.15, 1e-30, float("nan"), 6.5e4, float("inf")):
+        high, low = struct.unpack(">HH", struct.pack(">f", value))
+        registers += [low, high]  # CDAB: the low word first
+    points = [ModbusPoint.model_validate(point) for point in instrument_points()]
+    decoder = RegisterBlockDecoder.compile(
+        [(point.address, point) for point in points], start=0, count=BLOCK_REGISTERS, byte_order="ABCD"
+    )
+    expected: dict[str, FieldValue] = {}
+    failed: list[str] = []
+    decoder.decode_into(struct.pack(f">{BLOCK_REGISTERS}H", *registers), expected, failed)
+    assert failed == ["f03", "f05"]  # NaN and infinity: edge-daq fails them, the function leaves them out
+
+    tags = {"test": "HTOL", "gateway": "gw-fleet", "rig": "fleet"}
+    message = nodered.run_function(registers, "i00042", tags)
+    fields, written_tags = message["payload"]
+    assert isinstance(fields.pop("time"), int)
+    assert fields == expected
+    assert message["measurement"] == "i00042"
+    assert written_tags == {**tags, "instrument": "i00042"}
 
 
 def test_bench_runner_writes_results(tmp_path: Path) -> None:
