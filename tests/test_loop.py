@@ -19,18 +19,26 @@ async def test_sleep_precisely_never_returns_early(delay: float) -> None:
         assert time.monotonic() - started >= max(0.0, delay)
 
 
-async def test_long_sleeps_wait_on_the_loop_and_only_the_tail_in_a_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    tails: list[float] = []
-    real_sleep = time.sleep
+async def test_a_long_sleep_waits_on_the_loop_timer_then_a_thread_then_spins(monkeypatch: pytest.MonkeyPatch) -> None:
+    waits: list[float] = []
+    threads: list[float] = []
+    real_sleep, real_thread_sleep = asyncio.sleep, time.sleep
 
-    def record_tail(seconds: float) -> None:
-        tails.append(seconds)
-        real_sleep(seconds)
+    async def record(seconds: float) -> None:
+        waits.append(seconds)
+        await real_sleep(seconds)
 
-    monkeypatch.setattr(loop_module.time, "sleep", record_tail)
-    await sleep_precisely(0.03)
-    assert len(tails) <= 1
-    assert all(0 < tail <= loop_module.PRECISE_BELOW for tail in tails)
+    def record_thread(seconds: float) -> None:
+        threads.append(seconds)
+        real_thread_sleep(seconds)
+
+    monkeypatch.setattr(loop_module.asyncio, "sleep", record)
+    monkeypatch.setattr(loop_module.time, "sleep", record_thread)
+    await sleep_precisely(0.0304)
+    assert waits[0] == pytest.approx(0.028)  # whole milliseconds, at least one short of the thread's part
+    assert len(threads) <= 1
+    assert all(0 < seconds <= 0.0034 for seconds in threads)
+    assert set(waits[1:]) <= {0}
 
 
 async def test_a_precise_sleep_can_be_cancelled() -> None:
