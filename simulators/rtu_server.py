@@ -30,9 +30,8 @@ from typing import Literal
 
 import structlog
 
-from edge_daq.loop import sleep_precisely
 from simulators.modbus_server import Faults, ModbusDevice, ServerStats, UnknownUnitPolicy, respond
-from simulators.serial_endpoint import SerialEndpoint
+from simulators.serial_endpoint import SerialEndpoint, wait_line_time
 
 log = structlog.get_logger(__name__)
 
@@ -213,5 +212,5 @@ class ModbusRtuServer(SerialEndpoint):
             reply = bytes(self._noise.randrange(256) for _ in range(3)) + reply
         # The request, the silence that ends it and the reply, all at the line's pace.
         wire = (len(frame) + len(reply)) * self.character_time + self.silence
-        await sleep_precisely(wire + self.latency + self.faults.reply_delay)
+        await wait_line_time(wire + self.latency + self.faults.reply_delay)
         return reply

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import tty
 from abc import ABC, abstractmethod
@@ -138,3 +139,19 @@ class SerialEndpoint(ABC):
         if self._master is not None:
             with contextlib.suppress(BlockingIOError):
                 os.write(self._master, data)
+
+
+async def wait_line_time(seconds: float) -> None:
+    """Wait ``seconds`` of emulated wire time to within a few hundredths of a millisecond.
+
+    ``asyncio.sleep`` overshoots by half a millisecond on average (the selector rounds its timeout up to whole
+    milliseconds), which at 115200 baud would make the simulated line slower than a real one. So the loop's timer
+    waits whole milliseconds ending at least one short of the deadline, and the rest passes in loop turns: a
+    simulator may spend a millisecond of CPU per frame on being exact.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    if (timed := math.floor((seconds - 0.001) * 1000.0) / 1000.0) > 0:
+        await asyncio.sleep(timed)
+    while loop.time() < deadline:  # noqa: ASYNC110 - polling the clock is the point: no event to wait for
+        await asyncio.sleep(0)

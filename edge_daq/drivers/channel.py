@@ -335,7 +335,6 @@ class TcpChannel(ByteChannel):
         except (OSError, TimeoutError) as exc:
             reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
             raise DriverConnectionError(f"cannot connect to {self.describe}: {reason}") from exc
-        assert isinstance(transport, asyncio.Transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

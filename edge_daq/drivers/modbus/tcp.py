@@ -46,7 +46,7 @@ import enum
 import socket
 import struct
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import ClassVar, cast
 
 from edge_daq.drivers.base import DriverPlugin, InstrumentConfig
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
@@ -89,8 +89,8 @@ class _MbapProtocol(asyncio.Protocol):
         self.closed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A cast, not an isinstance check: uvloop's TCP transport is not a subclass of asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         buffer = self.buffer
