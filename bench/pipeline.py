@@ -3,9 +3,12 @@ queue and the InfluxDB v1 output into a real InfluxDB, against a raw baseline me
 same number of line-protocol lines, of the same shape, POSTed straight to the same InfluxDB.
 
 The benchmark process (edge-daq's pipeline, or the raw client) is pinned to one core; influxd and the
-simulators are pinned to the other, so the figure is what one core of edge-daq delivers.
+simulators are pinned to the other, so the figure is what one core of edge-daq delivers. The two sides run in
+alternating rounds (A B, B A, ...), each into databases of its own, and the figure is the ratio of the totals:
+a machine that slows down during the run weighs on both alike. The pipeline's time runs from the daemon's
+start until every record it polled is in InfluxDB (acquisition, then the drain of what is still buffered).
 
-    .venv/bin/python -m bench.pipeline              # 20 s per phase
+    .venv/bin/python -m bench.pipeline              # 4 rounds, the pipeline polling 8 s in each
     .venv/bin/python -m bench.pipeline --quick      # a few seconds: the smoke test
 """
 
@@ -218,7 +221,29 @@ async def run_raw(influx: InfluxDBv1Server, database: str, sample: Record, lines
         return time.perf_counter() - start, time.process_time() - cpu_start
 
 
-async def main_async(args: argparse.Namespace) -> list[Phase]:
+async def pipeline_round(
+    influx: InfluxDBv1Server, root: Path, ports: list[int], args: argparse.Namespace, database: str
+) -> tuple[Phase, Record]:
+    """The pipeline polling for ``args.seconds`` into ``database``, until all is delivered; and a sample record."""
+    (root / database).mkdir()
+    gateway = write_config(root / database, influx.url, database, ports, args.units)
+    elapsed, cpu, sample = await run_pipeline(gateway, args.seconds)
+    records, values = await count_values(influx, database)
+    print(f"  pipeline: {records} records, {values} values in {elapsed:.2f} s", flush=True)
+    return Phase("edge-daq pipeline", values, elapsed, cpu), sample
+
+
+async def raw_round(influx: InfluxDBv1Server, database: str, sample: Record, lines: int) -> Phase:
+    elapsed, cpu = await run_raw(influx, database, sample, lines)
+    _, values = await count_values(influx, database)
+    print(f"  raw: {values} values in {elapsed:.2f} s", flush=True)
+    return Phase("raw POST baseline", values, elapsed, cpu)
+
+
+async def main_async(args: argparse.Namespace) -> tuple[list[Phase], list[Phase]]:
+    """``args.rounds`` rounds of the pipeline and of the raw baseline, alternating (A B, B A, ...) so that a
+    machine that slows down or speeds up during the run weighs on both sides alike. The raw side POSTs as many
+    lines as the pipeline delivered in the round before it, each with as many fields as the pipeline's records."""
     pin(0, PIPELINE_CORE)
     with tempfile.TemporaryDirectory(prefix="edge-daq-bench-") as folder:
         root = Path(folder)
@@ -228,32 +253,35 @@ async def main_async(args: argparse.Namespace) -> list[Phase]:
             assert influx.pid is not None
             pin(influx.pid, SERVER_CORE)
             simulators, ports = start_simulators(args.simulators, args.units)
+            pipelines: list[Phase] = []
+            raws: list[Phase] = []
             try:
-                await influx.query("CREATE DATABASE pipeline")
-                await influx.query("CREATE DATABASE raw")
-                gateway = write_config(root, influx.url, "pipeline", ports, args.units)
-                elapsed, cpu, sample = await run_pipeline(gateway, args.seconds)
+                sample: Record | None = None
+                lines = 0
+                for index in range(args.rounds):
+                    for database in (f"pipeline{index}", f"raw{index}"):
+                        await influx.query(f"CREATE DATABASE {database}")
+                    if sample is not None and index % 2 == 1:
+                        raws.append(await raw_round(influx, f"raw{index}", sample, lines))
+                    phase, sample = await pipeline_round(influx, root, ports, args, f"pipeline{index}")
+                    pipelines.append(phase)
+                    lines = max(1, round(phase.values / len(sample.fields)))
+                    if index % 2 == 0:
+                        raws.append(await raw_round(influx, f"raw{index}", sample, lines))
             finally:
                 for process in simulators:
                     process.send_signal(signal.SIGTERM)
                 for process in simulators:
                     process.wait(10)
-            records, values = await count_values(influx, "pipeline")
-            pipeline = Phase("edge-daq pipeline", values, elapsed, cpu)
-            # The same number of lines, each with as many fields as the sample, straight to InfluxDB.
-            raw_lines = max(1, round(values / len(sample.fields)))
-            raw_elapsed, raw_cpu = await run_raw(influx, "raw", sample, raw_lines)
-            _, raw_values = await count_values(influx, "raw")
-            raw = Phase("raw POST baseline", raw_values, raw_elapsed, raw_cpu)
-            print(f"pipeline: {records} records in the database")
-            return [pipeline, raw]
+            return pipelines, raws
         finally:
             influx.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], prog="python -m bench.pipeline")
-    parser.add_argument("--seconds", type=float, default=20.0, help="how long the pipeline polls")
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long the pipeline polls, per round")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds of pipeline and raw baseline, alternating")
     parser.add_argument("--simulators", type=int, default=16, help="simulated Modbus TCP endpoints (one link each)")
     parser.add_argument("--units", type=int, default=2, help="instruments per endpoint (85 fields each)")
     parser.add_argument("--quick", action="store_true", help="a few seconds, for the smoke test")
@@ -265,16 +293,24 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(serve_banks([int(port) for port in args.serve_bank.split(",")]))
         return 0
     if args.quick:
-        args.seconds, args.simulators, args.units = 2.0, 1, 2
-    pipeline, raw = asyncio.run(main_async(args))
-    print(f"{'phase':<20} {'values':>10} {'seconds':>8} {'values/s':>10} {'cpu s':>7}")
-    for phase in (pipeline, raw):
-        print(
-            f"{phase.name:<20} {phase.values:>10} {phase.seconds:>8.2f} {phase.values_per_second:>10.0f}"
-            f" {phase.cpu_seconds:>7.2f}"
-        )
+        args.seconds, args.rounds, args.simulators, args.units = 2.0, 2, 1, 2
+    pipelines, raws = asyncio.run(main_async(args))
+    print(f"{'round':<6} {'phase':<20} {'values':>10} {'seconds':>8} {'values/s':>10} {'cpu s':>7}")
+    for index, (ours, raw) in enumerate(zip(pipelines, raws, strict=True)):
+        for phase in (ours, raw):
+            print(
+                f"{index + 1:<6} {phase.name:<20} {phase.values:>10} {phase.seconds:>8.2f}"
+                f" {phase.values_per_second:>10.0f} {phase.cpu_seconds:>7.2f}"
+            )
+    # Ratio of the totals: each side's values over its time, summed over the rounds.
+    pipeline = Phase("edge-daq pipeline", sum(p.values for p in pipelines), sum(p.seconds for p in pipelines),
+                     sum(p.cpu_seconds for p in pipelines))  # fmt: skip
+    raw = Phase("raw POST baseline", sum(p.values for p in raws), sum(p.seconds for p in raws),
+                sum(p.cpu_seconds for p in raws))  # fmt: skip
     value = pipeline.values_per_second / raw.values_per_second
-    print(f"ratio pipeline/raw: {value:.2f}")
+    per_round = [ours.values_per_second / base.values_per_second for ours, base in zip(pipelines, raws, strict=True)]
+    rounds = ", ".join(f"{ratio:.2f}" for ratio in per_round)
+    print(f"ratio pipeline/raw: {value:.2f} (per round: {rounds})")
     emit(
         Figure(
             benchmark="pipeline",

@@ -205,12 +205,18 @@ class _Run:
         scale = 1.0 if self.scale is None else self.scale
         offset = 0.0 if self.offset is None else self.offset
         divisor = round(1.0 / scale) if scale else 0
-        if divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12):
+        if divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12) and not offset:
             # As in compile_register_point: scale 0.1 as a division by 10, for the exact decimal.
             def divided(big: bytes, little: bytes) -> list[float]:
-                return [raw / divisor + offset for raw in unpack_from(little if swapped else big, start)]
+                return [raw / divisor for raw in unpack_from(little if swapped else big, start)]
 
             values = divided
+        elif divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12):
+
+            def divided_offset(big: bytes, little: bytes) -> list[float]:
+                return [raw / divisor + offset for raw in unpack_from(little if swapped else big, start)]
+
+            values = divided_offset
         else:
 
             def scaled(big: bytes, little: bytes) -> list[float]:
@@ -231,7 +237,13 @@ def _finite_step(names: tuple[str, ...], values: Callable[[bytes, bytes], Sequen
     """A step whose values may be NaN or infinite: those points fail instead."""
 
     def decode_finite(big: bytes, little: bytes, fields: dict[str, FieldValue], failed: list[str]) -> None:
-        for name, value in zip(names, values(big, little), strict=True):
+        decoded = values(big, little)
+        # Usually all are finite: one sum tells (NaN and infinity propagate; an overflow of finite values only
+        # sends them through the loop), and the values go in with one update (bench/pipeline.py).
+        if math.isfinite(sum(decoded)):
+            fields.update(zip(names, decoded, strict=True))
+            return
+        for name, value in zip(names, decoded, strict=True):
             if math.isfinite(value):
                 fields[name] = value
             else:
