@@ -171,39 +171,40 @@ async def measure_drain(influx: InfluxDBv1Server, folder: Path, backlog: int, li
 # -- 3. pipeline throughput with the spool on, against the raw POST baseline
 
 
-async def measure_throughput(
-    influx: InfluxDBv1Server, folder: Path, seconds: float, links: int, units: int
-) -> dict[str, float]:
-    await influx.query("CREATE DATABASE pipeline")
-    await influx.query("CREATE DATABASE raw")
-    processes, ports = pipeline.start_simulators(links, units)
+async def measure_throughput(influx: InfluxDBv1Server, folder: Path, args: argparse.Namespace) -> dict[str, float]:
+    """bench.pipeline's rounds with the spool on, the raw baseline and the memory-only pipeline, alternating
+    (A B C, C B A, ...): the figures are ratios of the totals over the rounds."""
+    processes, ports = pipeline.start_simulators(args.simulators, args.units)
+    spooled: list[pipeline.Phase] = []
+    raws: list[pipeline.Phase] = []
+    memory: list[pipeline.Phase] = []
     try:
-        gateway = pipeline.write_config(folder, influx.url, "pipeline", ports, units)
-        text = gateway.read_text()
-        spooled = text.replace(
-            "buffer: {memory_records: 200000}",
-            f"buffer: {{memory_records: 200000, spool_dir: {folder / 'pipeline-spool'}, spool_max_bytes: 8GiB}}",
-        )
-        assert spooled != text, "bench.pipeline's gateway file changed shape"
-        gateway.write_text(spooled)
-        elapsed, _, sample = await pipeline.run_pipeline(gateway, seconds)
-        # The same pipeline memory-only, for reference: what the spool itself costs.
-        await influx.query("CREATE DATABASE memory_only")
-        gateway.write_text(text.replace("database: pipeline", "database: memory_only"))
-        memory_elapsed, _, _ = await pipeline.run_pipeline(gateway, seconds)
+        sample, lines = None, 0
+        for index in range(args.rounds):
+            for database in (f"spool{index}", f"raw{index}", f"memory{index}"):
+                await influx.query(f"CREATE DATABASE {database}")
+            if index % 2 == 1 and sample is not None:
+                memory.append((await pipeline.pipeline_round(influx, folder, ports, args, f"memory{index}"))[0])
+                raws.append(await pipeline.raw_round(influx, f"raw{index}", sample, lines))
+            phase, sample = await pipeline.pipeline_round(influx, folder, ports, args, f"spool{index}", spool=True)
+            spooled.append(phase)
+            lines = max(1, round(phase.values / len(sample.fields)))
+            if index % 2 == 0:
+                raws.append(await pipeline.raw_round(influx, f"raw{index}", sample, lines))
+                memory.append((await pipeline.pipeline_round(influx, folder, ports, args, f"memory{index}"))[0])
     finally:
         for process in processes:
             process.terminate()
         for process in processes:
             process.wait(10)
-    _, values = await pipeline.count_values(influx, "pipeline")
-    raw_elapsed, _ = await pipeline.run_raw(influx, "raw", sample, max(1, round(values / len(sample.fields))))
-    _, raw_values = await pipeline.count_values(influx, "raw")
-    _, memory_values = await pipeline.count_values(influx, "memory_only")
+
+    def rate(phases: list[pipeline.Phase]) -> float:
+        return sum(phase.values for phase in phases) / sum(phase.seconds for phase in phases)
+
     return {
-        "spool_values_per_second": values / elapsed,
-        "raw_values_per_second": raw_values / raw_elapsed,
-        "memory_values_per_second": memory_values / memory_elapsed,
+        "spool_values_per_second": rate(spooled),
+        "raw_values_per_second": rate(raws),
+        "memory_values_per_second": rate(memory),
     }
 
 
@@ -217,7 +218,7 @@ async def with_influx(args: argparse.Namespace) -> tuple[dict[str, float], dict[
             assert influx.pid is not None
             pipeline.pin(influx.pid, pipeline.SERVER_CORE)
             drain = await measure_drain(influx, root, args.drain_backlog, args.live_rate)
-            throughput = await measure_throughput(influx, root, args.seconds, args.simulators, args.units)
+            throughput = await measure_throughput(influx, root, args)
         finally:
             influx.stop()
     return drain, throughput
@@ -228,9 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backlog", type=int, default=5_000_000, help="records on disk for the memory figure")
     parser.add_argument("--drain-backlog", type=int, default=300_000, help="records piled up during the outage")
     parser.add_argument("--live-rate", type=float, default=1000.0, help="live records per second while draining")
-    parser.add_argument("--seconds", type=float, default=10.0, help="how long the spooled pipeline polls")
-    parser.add_argument("--simulators", type=int, default=4)
-    parser.add_argument("--units", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=8.0, help="how long the pipeline polls, per round")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of spooled, raw and memory-only, alternating")
+    parser.add_argument("--simulators", type=int, default=16, help="as bench.pipeline")
+    parser.add_argument("--units", type=int, default=2, help="as bench.pipeline")
     parser.add_argument("--quick", action="store_true", help="a few seconds, for the smoke test")
     parser.add_argument("--memory-child", metavar="DIR", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -239,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.quick:
         args.backlog, args.drain_backlog, args.live_rate = 50_000, 20_000, 1000.0
-        args.seconds, args.simulators, args.units = 2.0, 1, 2
+        args.seconds, args.rounds, args.simulators, args.units = 2.0, 1, 1, 2
 
     memory = measure_memory(args.backlog)
     drain, throughput = asyncio.run(with_influx(args))

@@ -138,7 +138,10 @@ def wait_for_ports(ports: list[int], within: float = 15.0) -> None:
             time.sleep(0.05)
 
 
-def write_config(folder: Path, influx_url: str, database: str, ports: list[int], units: int) -> Path:
+def write_config(
+    folder: Path, influx_url: str, database: str, ports: list[int], units: int, spool_dir: Path | None = None
+) -> Path:
+    """The benchmark's gateway and rig file in ``folder``; ``spool_dir`` turns the durable spool on."""
     points = [f"      - {{name: t{n:02d}, address: {n}, type: int16, scale: 0.1}}" for n in range(INT16_POINTS)]
     points += [
         f"      - {{name: f{n:02d}, address: {INT16_POINTS + 2 * n}, type: float32, byte_order: CDAB}}"
@@ -154,8 +157,9 @@ def write_config(folder: Path, influx_url: str, database: str, ports: list[int],
     (folder / "rigs.d").mkdir()
     (folder / "rigs.d" / "bench.yaml").write_text("\n".join(lines) + "\n")
     gateway = folder / "edge-daq.yaml"
+    spool = "" if spool_dir is None else f", spool_dir: {spool_dir}, spool_max_bytes: 8GiB"
     gateway.write_text(
-        "gateway: gw-bench\nrigs: rigs.d/\nbuffer: {memory_records: 200000}\n"
+        f"gateway: gw-bench\nrigs: rigs.d/\nbuffer: {{memory_records: 200000{spool}}}\n"
         f"outputs:\n  influxdb: {{url: {influx_url}, api: v1, database: {database}, batch_size: {BATCH_SIZE}}}\n"
     )
     return gateway
@@ -222,11 +226,18 @@ async def run_raw(influx: InfluxDBv1Server, database: str, sample: Record, lines
 
 
 async def pipeline_round(
-    influx: InfluxDBv1Server, root: Path, ports: list[int], args: argparse.Namespace, database: str
+    influx: InfluxDBv1Server,
+    root: Path,
+    ports: list[int],
+    args: argparse.Namespace,
+    database: str,
+    *,
+    spool: bool = False,
 ) -> tuple[Phase, Record]:
     """The pipeline polling for ``args.seconds`` into ``database``, until all is delivered; and a sample record."""
     (root / database).mkdir()
-    gateway = write_config(root / database, influx.url, database, ports, args.units)
+    spool_dir = root / database / "spool" if spool else None
+    gateway = write_config(root / database, influx.url, database, ports, args.units, spool_dir)
     elapsed, cpu, sample = await run_pipeline(gateway, args.seconds)
     records, values = await count_values(influx, database)
     print(f"  pipeline: {records} records, {values} values in {elapsed:.2f} s", flush=True)
