@@ -1,6 +1,6 @@
 """Run every benchmark, print the table of figures and write ``bench/RESULTS.md``.
 
-    .venv/bin/python -m bench              # the full suite (about 12 minutes on a 2-core gateway)
+    .venv/bin/python -m bench              # the full suite (about 11 minutes on a 2-core gateway)
     .venv/bin/python -m bench --quick      # every benchmark in its smoke-test size (under 2 minutes)
     .venv/bin/python -m bench --only pipeline,startup
 
