@@ -213,12 +213,22 @@ async def test_weibull_failures_door_and_restart_end_to_end(tmp_path: Path) -> N
     for socket, offset in offsets:
         failed_s = plan[socket].at_stress_s + offset
         by_stretch.setdefault(bisect.bisect(bounds, failed_s), []).append((socket, offset))
+    # A DUT that failed while the daemon was not polling (stopped for the restart) is seen only at the first
+    # polls after it: its dating and detection are bounded by that gap in the observations, not by a poll.
+    unobserved = {
+        socket
+        for socket, _ in offsets
+        if (rows[socket].detected_h - rows[socket].last_good_h) * 3600 > 2 * POLL_MODEL + SLACK  # type: ignore[operator]
+    }
+    assert len(unobserved) <= 6, unobserved  # the daemon is down for a few polls: few failures fall in that time
     for stretch in by_stretch.values():
         ordered = sorted(offset for _, offset in stretch)
         median = ordered[len(ordered) // 2]
         assert abs(median) <= 3 * POLL_MODEL
         for socket, offset in stretch:
             row = rows[socket]
+            if socket in unobserved:
+                continue
             assert abs(offset - median) <= POLL_MODEL + SLACK, (socket, row, median)
             detected_s = row.detected_h * 3600  # type: ignore[operator]
             assert detected_s - (plan[socket].at_stress_s + median) <= 2 * POLL_MODEL + SLACK, (socket, row)
