@@ -25,8 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import pipeline
-from bench.common import Figure, emit, ratio
-from bench.pipeline import free_port
+from bench.common import Figure, emit, free_port, pin, ratio, stop_processes
 from edge_daq.buffer.ring import RingBuffer
 from edge_daq.buffer.spool import Spool
 from edge_daq.config.loader import load_config
@@ -174,7 +173,7 @@ async def measure_drain(influx: InfluxDBv1Server, folder: Path, backlog: int, li
 async def measure_throughput(influx: InfluxDBv1Server, folder: Path, args: argparse.Namespace) -> dict[str, float]:
     """bench.pipeline's rounds with the spool on, the raw baseline and the memory-only pipeline, alternating
     (A B C, C B A, ...): the figures are ratios of the totals over the rounds."""
-    processes, ports = pipeline.start_simulators(args.simulators, args.units)
+    processes, ports = pipeline.start_simulators(args.simulators)
     spooled: list[pipeline.Phase] = []
     raws: list[pipeline.Phase] = []
     memory: list[pipeline.Phase] = []
@@ -193,10 +192,7 @@ async def measure_throughput(influx: InfluxDBv1Server, folder: Path, args: argpa
                 raws.append(await pipeline.raw_round(influx, f"raw{index}", sample, lines))
                 memory.append((await pipeline.pipeline_round(influx, folder, ports, args, f"memory{index}"))[0])
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(10)
+        stop_processes(processes)
 
     def rate(phases: list[pipeline.Phase]) -> float:
         return sum(phase.values for phase in phases) / sum(phase.seconds for phase in phases)
@@ -209,14 +205,14 @@ async def measure_throughput(influx: InfluxDBv1Server, folder: Path, args: argpa
 
 
 async def with_influx(args: argparse.Namespace) -> tuple[dict[str, float], dict[str, float]]:
-    pipeline.pin(0, pipeline.PIPELINE_CORE)
+    pin(0, pipeline.PIPELINE_CORE)
     with tempfile.TemporaryDirectory(prefix="edge-daq-backlog-") as folder:
         root = Path(folder)
         influx = InfluxDBv1Server(root / "influxdb")
         influx.start()
         try:
             assert influx.pid is not None
-            pipeline.pin(influx.pid, pipeline.SERVER_CORE)
+            pin(influx.pid, pipeline.SERVER_CORE)
             drain = await measure_drain(influx, root, args.drain_backlog, args.live_rate)
             throughput = await measure_throughput(influx, root, args)
         finally:

@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmarks: core pinning, free ports, /proc readings and the figure lines.
+"""Helpers shared by the benchmarks: core pinning, simulator processes, /proc readings and the figure lines.
 
 Every benchmark prints its own human-readable report, plus one ``FIGURE {json}`` line per figure for
 ``python -m bench`` to collect into the table and ``bench/RESULTS.md``. A figure is a measured value, the
@@ -10,8 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+
+from tests.servers import free_port, free_ports, wait_for_port
+
+__all__ = ["free_port", "free_ports"]  # re-exported: the benchmarks take every helper from here
 
 FIGURE_PREFIX = "FIGURE "
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -69,11 +76,32 @@ def pin(pid: int, cores: set[int]) -> None:
             os.sched_setaffinity(int(task), cores)
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
+def start_servers(
+    module: str, option: str, ports: list[int], *, cores: set[int], extra: Sequence[str] = (), processes: int = 2
+) -> list[subprocess.Popen[bytes]]:
+    """Simulator processes ``python -m MODULE OPTION PORT,PORT,... EXTRA``, each serving its share of ``ports``,
+    pinned to ``cores``; returns once every port listens (and stops them if one does not)."""
+    children = []
+    for index in range(min(processes, len(ports))):
+        share = ",".join(map(str, ports[index::processes]))
+        command = [sys.executable, "-m", module, option, share, *extra]
+        child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pin(child.pid, cores)
+        children.append(child)
+    try:
+        for port in ports:
+            wait_for_port(port, within=15.0)
+    except TimeoutError:
+        stop_processes(children)
+        raise
+    return children
+
+
+def stop_processes(children: Sequence[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    for child in children:
+        child.wait(10)
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import sys
 import time
 from typing import cast
@@ -27,7 +26,7 @@ from typing import cast
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench import pipeline
-from bench.common import BLOCK_REGISTERS, Figure, emit, instrument_points, pin, ratio
+from bench.common import BLOCK_REGISTERS, Figure, emit, instrument_points, pin, ratio, stop_processes
 from edge_daq.buffer.ring import RingBuffer
 from edge_daq.drivers.base import Instrument, InstrumentConfig, Link
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
@@ -114,14 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     # Stopping a round cancels a poll in flight; pymodbus then logs its late reply at error level.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     pin(0, pipeline.PIPELINE_CORE)
-    simulators, ports = pipeline.start_simulators(1, 1)
+    simulators, ports = pipeline.start_simulators(1)
     try:
         print(f"one Modbus TCP instrument, 30 points in {BLOCK_REGISTERS} registers, {args.rounds} A/B rounds")
         ours, bare = asyncio.run(measure(ports[0], args.rounds, args.seconds))
     finally:
-        for process in simulators:
-            process.send_signal(signal.SIGTERM)
-            process.wait(10)
+        stop_processes(simulators)
     mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
     value = ratio(mean_ours, mean_bare)
     print(f"edge-daq {mean_ours:.1f} polls/s, bare pymodbus {mean_bare:.1f} polls/s")

@@ -46,11 +46,13 @@ from bench.common import (
     Figure,
     cpu_seconds,
     emit,
-    free_port,
+    free_ports,
     instrument_points,
     pin,
     ratio,
     rss_mb,
+    start_servers,
+    stop_processes,
 )
 from bench.nodered import NodeRedRun, NodeRedUnavailableError
 from edge_daq.config.loader import load_config
@@ -89,33 +91,10 @@ async def serve_fleet(ports: list[int], units: int) -> None:
 
 
 def start_simulators(endpoints: int, units: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    # Distinct: free_port() can hand out the same port twice in 50 calls, and a simulator then fails to bind.
-    chosen: set[int] = set()
-    while len(chosen) < endpoints:
-        chosen.add(free_port())
-    ports = sorted(chosen)
-    processes = []
-    for index in range(SIMULATOR_PROCESSES):
-        mine = ports[index::SIMULATOR_PROCESSES]
-        if not mine:
-            continue
-        command = [sys.executable, "-m", "bench.fleet", "--serve", ",".join(map(str, mine)), "--units", str(units)]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pin(process.pid, pipeline.SERVER_CORE)
-        processes.append(process)
-    try:
-        pipeline.wait_for_ports(ports)
-    except RuntimeError:
-        stop_simulators(processes)
-        raise
-    return processes, ports
-
-
-def stop_simulators(processes: list[subprocess.Popen[bytes]]) -> None:
-    for process in processes:
-        process.send_signal(signal.SIGTERM)
-    for process in processes:
-        process.wait(10)
+    ports = free_ports(endpoints)
+    children = start_servers("bench.fleet", "--serve", ports, cores=pipeline.SERVER_CORE, extra=["--units", str(units)],
+                             processes=SIMULATOR_PROCESSES)  # fmt: skip
+    return children, ports
 
 
 def write_config(folder: Path, influx_url: str, database: str, ports: list[int], instruments: int) -> Path:
@@ -308,7 +287,7 @@ async def measure(args: argparse.Namespace) -> Results:
                     if not nodered_step.kept_up:
                         break
         finally:
-            stop_simulators(simulators)
+            stop_processes(simulators)
             influx.stop()
     return results
 

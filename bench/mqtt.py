@@ -22,7 +22,6 @@ import logging
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -31,14 +30,10 @@ from pathlib import Path
 import aiomqtt
 import structlog
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the real-server helpers the tests use
-
-from servers import MosquittoServer  # noqa: E402
-
-from bench.common import Figure, emit  # noqa: E402
-from edge_daq.record import FieldValue, Record, Series  # noqa: E402
-from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig  # noqa: E402
+from bench.common import Figure, emit
+from edge_daq.record import FieldValue, Record, Series
+from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig
+from tests.servers import MosquittoServer
 
 BENCH_CORE = {0}
 BROKER_CORE = {1}

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import gzip
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -30,15 +29,11 @@ from pathlib import Path
 
 import aiohttp
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the real-server helpers the tests use
-
-from servers import InfluxDBv1Server  # noqa: E402
-
-from bench.common import Figure, emit, free_port, pin  # noqa: E402
-from edge_daq.config.loader import load_config  # noqa: E402
-from edge_daq.daemon import Daemon  # noqa: E402
-from edge_daq.record import Record, Series, to_line_protocol  # noqa: E402
+from bench.common import Figure, emit, free_ports, pin, start_servers, stop_processes
+from edge_daq.config.loader import load_config
+from edge_daq.daemon import Daemon
+from edge_daq.record import Record, Series, to_line_protocol
+from tests.servers import InfluxDBv1Server
 
 # Each benchmark instrument reads one block of BANK_REGISTERS registers per poll: 70 scaled int16 and 15
 # float32 (word-swapped), 85 field values in one request, so the simulators' cost per value stays small and
@@ -109,33 +104,11 @@ async def serve_banks(ports: list[int]) -> None:
             server.close()
 
 
-def start_simulators(endpoints: int, units: int, processes: int = 2) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """``endpoints`` Modbus TCP servers on free ports (every unit id answers), served by up to ``processes``
-    processes pinned to the server core. ``units`` is the number of unit ids the caller will poll per endpoint."""
-    del units  # every unit id answers
-    ports = [free_port() for _ in range(endpoints)]
-    children = []
-    for index in range(min(processes, endpoints)):
-        mine = ",".join(map(str, ports[index::processes]))
-        command = [sys.executable, "-m", "bench.pipeline", "--serve-bank", mine]
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        pin(process.pid, SERVER_CORE)
-        children.append(process)
-    wait_for_ports(ports)
-    return children, ports
-
-
-def wait_for_ports(ports: list[int], within: float = 15.0) -> None:
-    """Wait until something listens on each loopback port."""
-    for port in ports:
-        deadline = time.monotonic() + within
-        while True:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"simulator on port {port} did not start")
-            time.sleep(0.05)
+def start_simulators(endpoints: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """``endpoints`` bank responders on distinct free ports (every unit id answers), in processes pinned to the
+    server core."""
+    ports = free_ports(endpoints)
+    return start_servers("bench.pipeline", "--serve-bank", ports, cores=SERVER_CORE), ports
 
 
 def write_config(
@@ -217,12 +190,12 @@ async def run_raw(influx: InfluxDBv1Server, database: str, sample: Record, lines
     url = f"{influx.url}/write"
     params = {"db": database, "precision": "ns"}
     async with aiohttp.ClientSession(headers={"Content-Encoding": "gzip"}) as session:
-        cpu_start, start = time.process_time(), time.perf_counter()
+        cpu_start, started = time.process_time(), time.perf_counter()
         for body in bodies:
             async with session.post(url, params=params, data=body) as response:
                 if response.status != 204:
                     raise RuntimeError(f"raw POST failed: {response.status} {await response.text()}")
-        return time.perf_counter() - start, time.process_time() - cpu_start
+        return time.perf_counter() - started, time.process_time() - cpu_start
 
 
 async def pipeline_round(
@@ -263,7 +236,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Phase], list[Phase]
         try:
             assert influx.pid is not None
             pin(influx.pid, SERVER_CORE)
-            simulators, ports = start_simulators(args.simulators, args.units)
+            simulators, ports = start_simulators(args.simulators)
             pipelines: list[Phase] = []
             raws: list[Phase] = []
             try:
@@ -280,10 +253,7 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Phase], list[Phase]
                     if index % 2 == 0:
                         raws.append(await raw_round(influx, f"raw{index}", sample, lines))
             finally:
-                for process in simulators:
-                    process.send_signal(signal.SIGTERM)
-                for process in simulators:
-                    process.wait(10)
+                stop_processes(simulators)
             return pipelines, raws
         finally:
             influx.stop()

@@ -12,29 +12,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+from servers import free_port, wait_for_port
+
 REPO = Path(__file__).resolve().parents[1]
 EDGE_DAQ = [sys.executable, "-m", "edge_daq"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
-
-
 def edge_daq(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*EDGE_DAQ, *args], capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 def chamber_lines(archive: Path) -> list[str]:

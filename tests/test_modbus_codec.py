@@ -13,7 +13,6 @@ from edge_daq.drivers.modbus.codec import (
     BitBlockDecoder,
     RegisterBlockDecoder,
     swap_bytes,
-    unpack_bits,
     unpack_registers,
 )
 from edge_daq.drivers.modbus.config import ByteOrder, ModbusPoint
@@ -33,7 +32,7 @@ def decode(
     p: ModbusPoint, registers: list[int], order: ByteOrder = "ABCD", at: int = 0
 ) -> tuple[dict[str, FieldValue], list[str]]:
     """Decode ``p`` placed ``at`` registers into a read of ``registers``."""
-    decoder = RegisterBlockDecoder.compile([(at, p)], start=0, count=len(registers), byte_order=order)
+    decoder = RegisterBlockDecoder.compile([(at, p)], start=0, byte_order=order)
     fields: dict[str, FieldValue] = {}
     failed: list[str] = []
     decoder.decode_into(wire(registers), fields, failed)
@@ -188,7 +187,7 @@ def test_many_points_in_one_read() -> None:
     registers[3] = 0b1000
     registers[4:7] = string_registers(b"F4-SIM")
     registers[10:14] = encode("uint64", 2**63 + 5, "ABCD")
-    decoder = RegisterBlockDecoder.compile(points, start=10, count=14, byte_order="ABCD")
+    decoder = RegisterBlockDecoder.compile(points, start=10, byte_order="ABCD")
     fields: dict[str, FieldValue] = {}
     failed: list[str] = []
     decoder.decode_into(wire(registers), fields, failed)
@@ -202,7 +201,6 @@ def test_needs_swap_only_when_an_order_requires_it() -> None:
     decoder = RegisterBlockDecoder.compile(
         [(0, point(type="int32")), (2, point(name="q", type="float32", byte_order="DCBA"))],
         start=0,
-        count=4,
         byte_order="ABCD",
     )
     assert not decoder.needs_swap
@@ -228,7 +226,12 @@ def test_bits_across_bytes() -> None:
     # Bit k of the reply is bit k % 8 of byte k // 8, least significant first (padding bits are zero).
     decoder.decode_into(bytes([0b0000_0010, 0b0000_0001, 0b0000_0000]), fields, [])
     assert fields == {"a": True, "b": True, "c": False, "d": False}
-    assert unpack_bits(bytes([0b0000_0010, 0b0000_0001]), 10) == [False, True] + [False] * 6 + [True, False]
+    every_bit = BitBlockDecoder.compile(
+        [(bit, point(name=f"b{bit}", table="coil", type="bool")) for bit in range(10)], start=0
+    )
+    bits: dict[str, FieldValue] = {}
+    every_bit.decode_into(bytes([0b0000_0010, 0b0000_0001]), bits, [])
+    assert list(bits.values()) == [False, True] + [False] * 6 + [True, False]
 
 
 def test_wire_helpers() -> None:

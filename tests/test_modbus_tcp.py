@@ -8,7 +8,7 @@ import re
 import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import pytest
@@ -332,24 +332,9 @@ async def test_connection_lost_between_polls_is_reported_as_such() -> None:
         await server.stop()
 
 
-@asynccontextmanager
-async def silent_server() -> AsyncIterator[int]:
+def silent_server() -> AbstractAsyncContextManager[int]:
     """Accepts connections and reads requests, never answers (a hung device or a dead gateway path)."""
-    writers: list[asyncio.StreamWriter] = []
-
-    async def swallow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writers.append(writer)
-        while await reader.read(1024):
-            pass
-
-    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        for writer in writers:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    return scripted_server(lambda transaction, unit, function, address, count: b"")
 
 
 async def test_silent_server_times_out_within_the_timeout() -> None:

@@ -6,7 +6,6 @@ import asyncio
 import json
 import math
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from edge_daq.sinks.base import WriteResult
 from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig
 from edge_daq.stats import OutputStats
 from tests.conftest import MOSQUITTO_USERS
-from tests.servers import MosquittoServer, TlsFiles, free_port
+from tests.servers import MosquittoServer, TlsFiles, free_port, wait_for_port
 
 GATEWAY = "gw-test"
 T0 = 1_763_000_000_123_456_789  # nanosecond digits that a float or ms round trip would lose
@@ -456,16 +455,6 @@ async def test_a_connection_lost_between_batches_is_replaced_by_the_next_write(
 
 
 # --- the daemon as a process ---------------------------------------------------------------------------------
-
-
-def wait_for_port(port: int, within: float = 10.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
 
 
 async def test_the_daemon_streams_records_and_a_sigkill_leaves_the_gateway_offline(

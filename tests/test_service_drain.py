@@ -7,22 +7,14 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
 
-from servers import InfluxDBv1Server
+from servers import InfluxDBv1Server, free_port
 
 from edge_daq.daemon import DEFAULT_DRAIN_TIMEOUT
 from simulators import serve
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def write_gateway(path: Path, *, influx_url: str, spool: Path, http_port: int) -> None:

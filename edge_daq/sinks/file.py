@@ -24,6 +24,7 @@ from typing import BinaryIO
 import structlog
 from pydantic import Field
 
+from edge_daq.buffer.segment import fsync_directory
 from edge_daq.config.units import Duration, Size
 from edge_daq.errors import RetriableSinkError
 from edge_daq.record import Record, encode_lines_yielding
@@ -131,7 +132,7 @@ class FileOutput(Output):
         self._file = path.open("xb")
         self._path = path
         self._size = 0
-        _fsync_directory(directory)  # so the new file itself survives a power cut
+        fsync_directory(directory)  # so the new file itself survives a power cut
         self._prune(directory)
 
     def _new_path(self, directory: Path) -> Path:
@@ -158,14 +159,6 @@ class FileOutput(Output):
         file, self._file, self._path = self._file, None, None
         if file is not None:
             file.close()
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def make_output(config: FileOutputConfig) -> FileOutput:

@@ -205,18 +205,12 @@ class _Run:
         scale = 1.0 if self.scale is None else self.scale
         offset = 0.0 if self.offset is None else self.offset
         divisor = round(1.0 / scale) if scale else 0
-        if divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12) and not offset:
+        if divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12):
             # As in compile_register_point: scale 0.1 as a division by 10, for the exact decimal.
             def divided(big: bytes, little: bytes) -> list[float]:
-                return [raw / divisor for raw in unpack_from(little if swapped else big, start)]
-
-            values = divided
-        elif divisor > 1 and math.isclose(1.0 / divisor, scale, rel_tol=1e-12):
-
-            def divided_offset(big: bytes, little: bytes) -> list[float]:
                 return [raw / divisor + offset for raw in unpack_from(little if swapped else big, start)]
 
-            values = divided_offset
+            values = divided
         else:
 
             def scaled(big: bytes, little: bytes) -> list[float]:
@@ -300,17 +294,15 @@ def compile_block_steps(
 class RegisterBlockDecoder:
     """Decodes every point of one holding/input read, compiled once per instrument."""
 
-    count: int
     steps: tuple[BlockStep, ...]
     needs_swap: bool
 
     @classmethod
     def compile(
-        cls, points: Sequence[tuple[int, ModbusPoint]], *, start: int, count: int, byte_order: ByteOrder
+        cls, points: Sequence[tuple[int, ModbusPoint]], *, start: int, byte_order: ByteOrder
     ) -> RegisterBlockDecoder:
-        """``points`` are (protocol address, point) pairs, all inside ``[start, start + count)``."""
+        """``points`` are (protocol address, point) pairs, all inside the read that starts at ``start``."""
         return cls(
-            count=count,
             steps=tuple(compile_block_steps(points, start=start, byte_order=byte_order)),
             needs_swap=any(needs_byte_swap(point, byte_order) for _, point in points),
         )
@@ -318,8 +310,8 @@ class RegisterBlockDecoder:
     def decode_into(self, data: bytes, fields: dict[str, FieldValue], failed: list[str]) -> None:
         """Add each point's value to ``fields``; points whose value cannot be stored go to ``failed``.
 
-        ``data`` is the reply's register bytes as they came off the wire (big endian), exactly ``2 * count``
-        of them (the link checks the reply's byte count).
+        ``data`` is the reply's register bytes as they came off the wire (big endian), two per register asked
+        for (the link checks the reply's byte count).
         """
         little = swap_bytes(data) if self.needs_swap else data
         for step in self.steps:
@@ -336,11 +328,6 @@ def swap_bytes(data: bytes) -> bytes:
 def unpack_registers(data: bytes) -> tuple[int, ...]:
     """Register values from a reply's big-endian register bytes."""
     return struct.unpack(f">{len(data) // 2}H", data)
-
-
-def unpack_bits(data: bytes, count: int) -> list[bool]:
-    """The first ``count`` bits of a coil/discrete reply (least significant bit of the first byte first)."""
-    return [bool(data[i >> 3] >> (i & 7) & 1) for i in range(count)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,9 +52,7 @@ class CompiledRead:
         if is_bit_table(request.table):
             decoder = BitBlockDecoder.compile(members, start=request.address)
         else:
-            decoder = RegisterBlockDecoder.compile(
-                members, start=request.address, count=request.count, byte_order=byte_order
-            )
+            decoder = RegisterBlockDecoder.compile(members, start=request.address, byte_order=byte_order)
         return cls(request, decoder, tuple(request.point_names))
 
 
