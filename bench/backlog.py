@@ -208,15 +208,9 @@ async def with_influx(args: argparse.Namespace) -> tuple[dict[str, float], dict[
     pin(0, pipeline.PIPELINE_CORE)
     with tempfile.TemporaryDirectory(prefix="edge-daq-backlog-") as folder:
         root = Path(folder)
-        influx = InfluxDBv1Server(root / "influxdb")
-        influx.start()
-        try:
-            assert influx.pid is not None
-            pin(influx.pid, pipeline.SERVER_CORE)
+        with pipeline.pinned_influx(root) as influx:
             drain = await measure_drain(influx, root, args.drain_backlog, args.live_rate)
             throughput = await measure_throughput(influx, root, args)
-        finally:
-            influx.stop()
     return drain, throughput
 
 

@@ -243,14 +243,10 @@ async def measure(args: argparse.Namespace) -> Results:
     largest = max([args.instruments, *args.steps])
     units = -(-largest // args.endpoints)
     nodered_folder, missing = prepare_nodered(args)
-    with tempfile.TemporaryDirectory(prefix="edge-daq-fleet-") as folder:
-        root = Path(folder)
-        influx = InfluxDBv1Server(root / "influxdb")
-        influx.start()
+    with tempfile.TemporaryDirectory(prefix="edge-daq-fleet-") as name, pipeline.pinned_influx(Path(name)) as influx:
+        root = Path(name)
         simulators: list[subprocess.Popen[bytes]] = []
         try:
-            assert influx.pid is not None
-            pin(influx.pid, pipeline.SERVER_CORE)
             simulators, ports = start_simulators(args.endpoints, units)
 
             main_run = await run_fleet(influx, root, ports, args.instruments, args.warmup, args.seconds)
@@ -288,7 +284,6 @@ async def measure(args: argparse.Namespace) -> Results:
                         break
         finally:
             stop_processes(simulators)
-            influx.stop()
     return results
 
 

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,15 @@ async def serve_banks(ports: list[int]) -> None:
     finally:
         for server in servers:
             server.close()
+
+
+@contextlib.contextmanager
+def pinned_influx(root: Path) -> Iterator[InfluxDBv1Server]:
+    """A real InfluxDB 1.x with its data in ``root``, every thread of it on the server core."""
+    with InfluxDBv1Server(root / "influxdb") as influx:
+        assert influx.pid is not None
+        pin(influx.pid, SERVER_CORE)
+        yield influx
 
 
 def start_simulators(endpoints: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
@@ -229,34 +239,27 @@ async def main_async(args: argparse.Namespace) -> tuple[list[Phase], list[Phase]
     machine that slows down or speeds up during the run weighs on both sides alike. The raw side POSTs as many
     lines as the pipeline delivered in the round before it, each with as many fields as the pipeline's records."""
     pin(0, PIPELINE_CORE)
-    with tempfile.TemporaryDirectory(prefix="edge-daq-bench-") as folder:
+    with tempfile.TemporaryDirectory(prefix="edge-daq-bench-") as folder, pinned_influx(Path(folder)) as influx:
         root = Path(folder)
-        influx = InfluxDBv1Server(root / "influxdb")
-        influx.start()
+        simulators, ports = start_simulators(args.simulators)
+        pipelines: list[Phase] = []
+        raws: list[Phase] = []
         try:
-            assert influx.pid is not None
-            pin(influx.pid, SERVER_CORE)
-            simulators, ports = start_simulators(args.simulators)
-            pipelines: list[Phase] = []
-            raws: list[Phase] = []
-            try:
-                sample: Record | None = None
-                lines = 0
-                for index in range(args.rounds):
-                    for database in (f"pipeline{index}", f"raw{index}"):
-                        await influx.query(f"CREATE DATABASE {database}")
-                    if sample is not None and index % 2 == 1:
-                        raws.append(await raw_round(influx, f"raw{index}", sample, lines))
-                    phase, sample = await pipeline_round(influx, root, ports, args, f"pipeline{index}")
-                    pipelines.append(phase)
-                    lines = max(1, round(phase.values / len(sample.fields)))
-                    if index % 2 == 0:
-                        raws.append(await raw_round(influx, f"raw{index}", sample, lines))
-            finally:
-                stop_processes(simulators)
-            return pipelines, raws
+            sample: Record | None = None
+            lines = 0
+            for index in range(args.rounds):
+                for database in (f"pipeline{index}", f"raw{index}"):
+                    await influx.query(f"CREATE DATABASE {database}")
+                if sample is not None and index % 2 == 1:
+                    raws.append(await raw_round(influx, f"raw{index}", sample, lines))
+                phase, sample = await pipeline_round(influx, root, ports, args, f"pipeline{index}")
+                pipelines.append(phase)
+                lines = max(1, round(phase.values / len(sample.fields)))
+                if index % 2 == 0:
+                    raws.append(await raw_round(influx, f"raw{index}", sample, lines))
         finally:
-            influx.stop()
+            stop_processes(simulators)
+        return pipelines, raws
 
 
 def main(argv: list[str] | None = None) -> int:
