@@ -31,11 +31,16 @@ REPO = BENCH.parent
 BENCHMARKS: tuple[tuple[str, float], ...] = (
     ("pipeline", 180),
     ("driver_overhead", 120),
+    ("visa_overhead", 120),
+    ("opcua_driver", 120),
     ("fleet", 540),
+    ("page", 300),
     ("rtu_line", 120),
+    ("ascii_line", 60),
     ("backlog", 300),
     ("startup", 180),
     ("mqtt", 120),
+    ("write_latency", 60),
 )
 
 

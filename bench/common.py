@@ -7,15 +7,22 @@ baseline measured in the same run, their ratio and the target the issue sets.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any, cast
 
+from edge_daq.buffer.ring import RingBuffer
+from edge_daq.drivers.base import Instrument, InstrumentConfig, Link
+from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrument
+from edge_daq.stats import InstrumentStats
 from tests.servers import free_port, free_ports, wait_for_port
 
 __all__ = ["free_port", "free_ports"]  # re-exported: the benchmarks take every helper from here
@@ -134,3 +141,31 @@ def instrument_points() -> list[dict[str, object]]:
         for n in range(FLOAT32_POINTS)
     ]
     return points
+
+
+async def scheduler_round(plugin: Any, config: Any, seconds: float, *, open_first: bool = False) -> float:
+    """Polls per second of one instrument through edge-daq's scheduler for ``seconds``, polling back to back.
+
+    ``open_first``: the link is opened before the timed part (a session set up once, as the baseline's is).
+    Raises if a poll failed or a record was not emitted: a fast figure of failing polls is no figure.
+    """
+    stats = InstrumentStats(rig="bench", instrument=config.name, link="bench")
+    scheduled = ScheduledInstrument(
+        instrument=cast(Instrument[InstrumentConfig, Link], plugin.make_instrument(config)),
+        builder=RecordBuilder(config, {"gateway": "gw-bench", "rig": "bench"}),
+        stats=stats,
+    )
+    ring = RingBuffer(10_000)
+    link = plugin.open_link([config])
+    if open_first:
+        await link.open()
+    scheduler = LinkScheduler(link=link, instruments=[scheduled], emit=ring.append)
+    task = asyncio.create_task(scheduler.run(), name="bench scheduler")
+    started = time.perf_counter()
+    await asyncio.sleep(seconds)
+    scheduler.request_stop()  # the poll under way completes and emits its record: none is counted as abandoned
+    polls, elapsed = stats.polls, time.perf_counter() - started
+    await task
+    if stats.failures or stats.failed_points or ring.appended < polls:
+        raise RuntimeError(f"edge-daq polls failed: {stats.failures} failures, last error {stats.last_error!r}")
+    return polls / elapsed

@@ -17,54 +17,33 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import sys
 import time
-from typing import cast
 
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench import pipeline
-from bench.common import BLOCK_REGISTERS, Figure, emit, instrument_points, pin, ratio, stop_processes
-from edge_daq.buffer.ring import RingBuffer
-from edge_daq.drivers.base import Instrument, InstrumentConfig, Link
+from bench.common import BLOCK_REGISTERS, Figure, emit, instrument_points, pin, ratio, scheduler_round, stop_processes
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
 from edge_daq.drivers.modbus.tcp import PLUGIN as MODBUS_TCP
-from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrument
-from edge_daq.stats import InstrumentStats
 
 TARGET = 0.9
 
 
 def instrument_config(port: int) -> ModbusTcpConfig:
-    return ModbusTcpConfig.model_validate({
+    config = ModbusTcpConfig.model_validate({
         "name": "bench", "driver": "modbus-tcp", "host": "127.0.0.1", "port": port, "unit": 1,
-        # Shorter than any poll: the scheduler polls back to back (every cycle counts as skipped, by design).
-        "interval": 1e-6, "timeout": 1.0, "points": instrument_points(),
+        "interval": 1.0, "timeout": 1.0, "points": instrument_points(),
     })  # fmt: skip
+    # Shorter than any poll: the scheduler polls back to back (every cycle counts as skipped, by design). Below
+    # the 1 ms that a rig file may give, so set past validation.
+    return config.model_copy(update={"interval": 1e-6})
 
 
 async def edge_daq_round(config: ModbusTcpConfig, seconds: float) -> float:
     """Polls per second through the scheduler for ``seconds``."""
-    stats = InstrumentStats(rig="bench", instrument=config.name, link="bench")
-    scheduled = ScheduledInstrument(
-        instrument=cast(Instrument[InstrumentConfig, Link], MODBUS_TCP.make_instrument(config)),
-        builder=RecordBuilder(config, {"gateway": "gw-bench", "rig": "bench"}),
-        stats=stats,
-    )
-    ring = RingBuffer(10_000)
-    scheduler = LinkScheduler(link=MODBUS_TCP.open_link([config]), instruments=[scheduled], emit=ring.append)
-    task = asyncio.create_task(scheduler.run(), name="bench scheduler")
-    started = time.perf_counter()
-    await asyncio.sleep(seconds)
-    task.cancel()
-    polls, elapsed = stats.polls, time.perf_counter() - started
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    if stats.failures or ring.appended < polls:
-        raise RuntimeError(f"edge-daq polls failed: {stats.failures} failures, last error {stats.last_error!r}")
-    return polls / elapsed
+    return await scheduler_round(MODBUS_TCP, config, seconds)
 
 
 async def pymodbus_round(port: int, seconds: float) -> float:

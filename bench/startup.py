@@ -1,12 +1,19 @@
 """Start-up: ``edge-daq check`` and ``edge-daq run`` up to READY on a generated 1000-instrument gateway config,
-each against the same command on a one-instrument config, measured in the same run (targets: under 2 s each).
+each against the same command on a one-instrument config, measured in the same run (targets: check under 2 s,
+READY under 1 s).
 
 The big config is what a room of fifty rigs looks like: 50 rig files of 20 Modbus TCP instruments; half of the
 instruments name a shipped profile (``watlow-f4``), half list 30 points of their own. READY is the sd_notify
 datagram the daemon sends once its pipeline runs (``Type=notify``): the benchmark binds the ``NOTIFY_SOCKET``
 and times from process start to the datagram. The instruments' addresses are closed loopback ports, so the
 daemon has nothing to talk to after READY; it is stopped with SIGTERM. Each measurement is the median of
-``--repeats`` runs, alternating the two configs.
+``--repeats`` runs, alternating the two configs. READY is also given in CPU seconds of the daemon process
+(user + system from ``/proc``, read at the datagram): on a shared machine they vary less than the wall clock.
+
+The commands run with a bytecode cache (``PYTHONPYCACHEPREFIX`` in the temporary folder, warmed by one run
+before the measured ones), as an installed package has its ``.pyc`` files compiled at install: an environment
+with ``PYTHONDONTWRITEBYTECODE=1`` would otherwise compile every module from source on every start (py-spy:
+12 % of READY on 1000 instruments in ``source_to_code``).
 
     .venv/bin/python -m bench.startup            # 5 repeats
     .venv/bin/python -m bench.startup --quick    # the smoke test
@@ -27,8 +34,24 @@ from pathlib import Path
 
 from bench.common import Figure, emit, free_port, instrument_points, ratio
 
-TARGET_SECONDS = 2.0
+CHECK_TARGET_SECONDS = 2.0
+READY_TARGET_SECONDS = 1.0  # issue 20
 EDGE_DAQ = [sys.executable, "-m", "edge_daq"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def bytecode_environ(folder: Path) -> dict[str, str]:
+    """The environment of the measured commands: compiled modules cached in ``folder``, as once installed."""
+    environ = {key: value for key, value in os.environ.items() if key != "PYTHONDONTWRITEBYTECODE"}
+    environ["PYTHONPYCACHEPREFIX"] = str(folder / "pycache")
+    return environ
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a running process so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def point_lines(indent: str) -> list[str]:
@@ -63,22 +86,24 @@ def write_config(folder: Path, rigs: int, per_rig: int) -> Path:
     return gateway
 
 
-def time_check(gateway: Path) -> float:
+def time_check(gateway: Path, environ: dict[str, str]) -> float:
     started = time.perf_counter()
-    result = subprocess.run([*EDGE_DAQ, "check", str(gateway)], capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*EDGE_DAQ, "check", str(gateway)], capture_output=True, text=True, check=False, env=environ
+    )
     elapsed = time.perf_counter() - started
     if result.returncode != 0:
         raise RuntimeError(f"edge-daq check failed:\n{result.stdout}{result.stderr}")
     return elapsed
 
 
-def time_ready(gateway: Path, folder: Path) -> float:
-    """Seconds from starting ``edge-daq run`` to its READY=1 datagram."""
+def time_ready(gateway: Path, folder: Path, environ: dict[str, str]) -> tuple[float, float]:
+    """Seconds from starting ``edge-daq run`` to its READY=1 datagram, and the daemon's CPU seconds by then."""
     address = str(folder / f"notify-{time.monotonic_ns()}")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(address)
         notify.settimeout(60)
-        environ = {**os.environ, "NOTIFY_SOCKET": address}
+        environ = {**environ, "NOTIFY_SOCKET": address}
         started = time.perf_counter()
         process = subprocess.Popen(
             [*EDGE_DAQ, "run", "-c", str(gateway)],
@@ -93,7 +118,7 @@ def time_ready(gateway: Path, folder: Path) -> float:
                 except TimeoutError:
                     raise RuntimeError("no READY=1 within 60 s") from None
                 if b"READY=1" in message.split(b"\n"):
-                    return time.perf_counter() - started
+                    return time.perf_counter() - started, cpu_seconds(process.pid)
         finally:
             process.send_signal(signal.SIGTERM)
             _, errors = process.communicate(timeout=60)
@@ -102,9 +127,9 @@ def time_ready(gateway: Path, folder: Path) -> float:
             os.unlink(address)
 
 
-def time_import() -> float:
+def time_import(environ: dict[str, str]) -> float:
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import edge_daq.daemon"], check=True)
+    subprocess.run([sys.executable, "-c", "import edge_daq.daemon"], check=True, env=environ)
     return time.perf_counter() - started
 
 
@@ -122,20 +147,42 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(folder)
         big = write_config(root / "big", args.rigs, args.per_rig)
         small = write_config(root / "small", 1, 1)
-        check_big, check_small, ready_big, ready_small = [], [], [], []
+        environ = bytecode_environ(root)
+        time_ready(small, root, environ)  # compiles the modules into the cache
+        check_big: list[float] = []
+        check_small: list[float] = []
+        ready_big: list[float] = []
+        ready_small: list[float] = []
+        cpu_big: list[float] = []
+        cpu_small: list[float] = []
         for _ in range(args.repeats):
-            check_small.append(time_check(small))
-            check_big.append(time_check(big))
-            ready_small.append(time_ready(small, root))
-            ready_big.append(time_ready(big, root))
-        imports = statistics.median(time_import() for _ in range(args.repeats))
+            check_small.append(time_check(small, environ))
+            check_big.append(time_check(big, environ))
+            for gateway, walls, cpus in ((small, ready_small, cpu_small), (big, ready_big, cpu_big)):
+                wall, cpu = time_ready(gateway, root, environ)
+                walls.append(wall)
+                cpus.append(cpu)
+        imports = statistics.median(time_import(environ) for _ in range(args.repeats))
     figures = [
-        ("check", "edge-daq check", statistics.median(check_big), statistics.median(check_small)),
-        ("ready", "edge-daq run to READY", statistics.median(ready_big), statistics.median(ready_small)),
+        ("check", "edge-daq check", statistics.median(check_big), statistics.median(check_small), CHECK_TARGET_SECONDS),
+        (
+            "ready",
+            "edge-daq run to READY",
+            statistics.median(ready_big),
+            statistics.median(ready_small),
+            READY_TARGET_SECONDS,
+        ),
+        (
+            "ready_cpu",
+            "edge-daq run to READY (CPU s)",
+            statistics.median(cpu_big),
+            statistics.median(cpu_small),
+            READY_TARGET_SECONDS,
+        ),
     ]
     print(f"start-up on {instruments} instruments ({args.rigs} rig files), median of {args.repeats} runs")
     print(f"  python -c 'import edge_daq.daemon': {imports:.2f} s")
-    for key, what, value, baseline in figures:
+    for key, what, value, baseline, target in figures:
         print(f"  {what}: {value:.2f} s; with 1 instrument {baseline:.2f} s; ratio {ratio(value, baseline):.2f}")
         emit(
             Figure(
@@ -146,11 +193,11 @@ def main(argv: list[str] | None = None) -> int:
                 baseline=f"{what}, 1 instrument",
                 baseline_value=baseline,
                 ratio=ratio(value, baseline),
-                target=f"under {TARGET_SECONDS:g} s",
-                met=value < TARGET_SECONDS,
+                target=f"under {target:g} s",
+                met=value < target,
             )
         )
-        print(f"{key}: {value:.2f} s (target < {TARGET_SECONDS:g} s)")
+        print(f"{key}: {value:.2f} s (target < {target:g} s)")
     return 0
 
 

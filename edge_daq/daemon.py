@@ -1,7 +1,9 @@
 """The pipeline of one gateway: bus schedulers -> ring queue -> output runners, under one task group.
 
 Start-up builds everything from a loaded configuration; shut-down stops acquisition first, then gives the
-outputs a bounded time to deliver what is still buffered.
+outputs a bounded time to deliver what is still buffered. Every long-running task runs under the
+:class:`~edge_daq.service.supervisor.Supervisor`: one link, output, the spool or the reliability engine failing
+is restarted on its own with backoff, and never ends the task group.
 """
 
 from __future__ import annotations
@@ -11,35 +13,49 @@ import dataclasses
 import gc
 import hashlib
 import json
+import sys
 import time
 import zlib
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import structlog
 
 from edge_daq import drivers
 from edge_daq.buffer.ring import BatchSource, RingBuffer, RingReader
-from edge_daq.buffer.spool import open_spool
-from edge_daq.config.loader import LoadedConfig
-from edge_daq.config.models import GatewayConfig, RigConfig, base_tags
+from edge_daq.buffer.spool import SpoolReader, SpoolSettings, open_spool
+from edge_daq.config.loader import LoadedConfig, one_collection
+from edge_daq.config.models import BufferConfig, GatewayConfig, RigConfig, base_tags
 from edge_daq.delivery import OutputRunner
 from edge_daq.drivers.base import InstrumentConfig
+from edge_daq.processing.source import ReducedSource, reduce_source
 from edge_daq.record import FieldValue, Record, Series
-from edge_daq.reliability.engine import ReliabilityEngine
+from edge_daq.reliability.config import DUT_TAG_KEYS
+from edge_daq.reliability.engine import ReliabilityEngine, read_states
+from edge_daq.reliability.state import RigState
 from edge_daq.scheduling import LinkScheduler, RecordBuilder, ScheduledInstrument
+from edge_daq.service.supervisor import Supervisor
+from edge_daq.sinks import registry as outputs_registry
 from edge_daq.sinks.base import Output, OutputConfig
-from edge_daq.sinks.file import FileOutput, FileOutputConfig
-from edge_daq.sinks.influxdb import InfluxDBOutput, InfluxDBOutputConfig
-from edge_daq.sinks.mqtt import MqttOutput, MqttOutputConfig
+from edge_daq.sinks.event_routing import RoutedEventPublisher
+from edge_daq.sinks.routing import describe as describe_route
 from edge_daq.stats import InstrumentStats, OutputStats, PipelineStats, SpoolStats
+from edge_daq.writes.actions import ActionRunner
+from edge_daq.writes.wiring import WriteEvents, has_writable_points
+from edge_daq.writes.wiring import build_service as build_write_service
+from edge_daq.writes.wiring import serve_control as serve_writes
+
+if TYPE_CHECKING:
+    from edge_daq.sinks.mqtt import MqttOutput
 
 log = structlog.get_logger("edge_daq.daemon")
 
 SUMMARY_INTERVAL = 60.0
 EVENT_MEASUREMENT = "edge_daq_event"
 DEFAULT_DRAIN_TIMEOUT = 10.0
+LINK_STOP_MARGIN = 1.0  # seconds beyond the schedulers' own stop grace (closing the links) before they are cancelled
 
 
 LinkId = tuple[str, str]
@@ -95,27 +111,28 @@ def build_scheduler(
     return LinkScheduler(link=link, instruments=scheduled, emit=ring.append, phase=phase)
 
 
+def spool_settings(buffer: BufferConfig) -> SpoolSettings | None:
+    """The spool's plain settings from the gateway file's ``buffer:`` keys, or None for a memory-only gateway."""
+    if buffer.spool_dir is None:
+        return None
+    return SpoolSettings(
+        directory=buffer.spool_dir,
+        max_bytes=buffer.spool_max_bytes,
+        max_age=buffer.spool_max_age,
+        min_free=buffer.spool_min_free,
+        fsync_interval=buffer.fsync_interval,
+        segment_bytes=buffer.spool_segment_bytes,
+    )
+
+
 def output_configs(gateway: GatewayConfig) -> dict[str, OutputConfig]:
-    """The configured outputs by name; with none, the file output with its defaults (the embedded default)."""
-    configured = gateway.outputs
-    outputs: dict[str, OutputConfig] = {}
-    if configured.influxdb is not None:
-        outputs["influxdb"] = configured.influxdb
-    if configured.mqtt is not None:
-        outputs["mqtt"] = configured.mqtt
-    if configured.file is not None:
-        outputs["file"] = configured.file
-    return outputs or {"file": FileOutputConfig()}
+    """The configured outputs by instance name; with none, the file output with its defaults (the embedded default)."""
+    return dict(gateway.outputs.items()) or {"file": outputs_registry.config_model("file")()}
 
 
 def build_output(name: str, config: OutputConfig, gateway: GatewayConfig) -> Output:
-    if isinstance(config, InfluxDBOutputConfig):
-        return InfluxDBOutput(config)
-    if isinstance(config, MqttOutputConfig):
-        return MqttOutput(config, gateway=gateway.gateway)
-    if isinstance(config, FileOutputConfig):
-        return FileOutput(config)
-    raise AssertionError(f"no output for {name}")
+    """Output instance ``name``, constructed by the registry entry of its config's type."""
+    return outputs_registry.build(name, config, outputs_registry.OutputContext(gateway=gateway.gateway))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,13 +157,28 @@ class ReloadReport:
 
 
 class Daemon:
-    def __init__(self, config: LoadedConfig, *, drain_timeout: float = DEFAULT_DRAIN_TIMEOUT) -> None:
+    def __init__(
+        self,
+        config: LoadedConfig,
+        *,
+        drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        # The build allocates ~100k long-lived objects (compiled reads, schedulers) next to the loaded config:
+        # automatic passes of the cyclic collector would walk all of it to find nothing; run() freezes the
+        # lot once the pipeline is built (bench/NOTES.md, start-up: 0.1 s of READY on 1000 instruments).
+        with one_collection(collect=False):
+            self._build(config, drain_timeout, supervisor)
+
+    def _build(self, config: LoadedConfig, drain_timeout: float, supervisor: Supervisor | None) -> None:
         self.config = config
         self.drain_timeout = drain_timeout
+        self.supervisor = supervisor or Supervisor()
         self.stats = PipelineStats()
-        self.ring = RingBuffer(config.gateway.buffer.memory_records)
+        self._instrument_index: dict[tuple[str, str], InstrumentStats] = {}
+        self.ring = RingBuffer(config.gateway.buffer.memory_records, config.gateway.buffer.memory_bytes)
         # With a spool, its writer is the ring's only reader and the outputs read from disk.
-        self.spool = open_spool(config.gateway.buffer, self.ring, SpoolStats())
+        self.spool = open_spool(spool_settings(config.gateway.buffer), self.ring, SpoolStats())
         self.stats.spool = self.spool.stats if self.spool is not None else None
         self._links: dict[LinkId, tuple[LinkPlan, LinkScheduler]] = {}
         for link_id, plan in plan_links(config).items():
@@ -158,7 +190,16 @@ class Daemon:
         ]
         self._runner_tasks: dict[str, asyncio.Task[None]] = {}
         # Reliability semantics (DUTs, stress time, failures) follow the live records like an output does.
-        self.reliability = ReliabilityEngine(self)
+        self._events_not_published = 0
+        self.write_events = WriteEvents(
+            gateway=lambda: self.config.gateway,
+            rigs=lambda: self.config.rigs,
+            engine=lambda: self.reliability,
+            ring=self.ring,
+        )
+        self.writes = build_write_service(schedulers=lambda: self.schedulers, events=self.write_events)
+        self.actions = ActionRunner(rigs=lambda: self.config.rigs, service=self.writes, pause=self._pause_test)
+        self.reliability = self._build_reliability()
         self._reliability_stop = asyncio.Event()
         self._reliability_task: asyncio.Task[None] | None = None
         self._group: asyncio.TaskGroup | None = None
@@ -171,37 +212,112 @@ class Daemon:
 
     def _instrument_stats(self, rig: str, instrument: str, link: str) -> InstrumentStats:
         """The counters of an instrument, kept across reloads so that /metrics counters never go backwards."""
-        for stats in self.stats.instruments:
-            if (stats.rig, stats.instrument) == (rig, instrument):
-                stats.link = link
-                return stats
+        # An index, not a scan of the list: a 1000-instrument gateway spent 0.16 s of its start in the scan
+        # (py-spy on bench.fleet). Rebuilt when the list was changed elsewhere (a reload prunes it).
+        index = self._instrument_index
+        if len(index) != len(self.stats.instruments):
+            index.clear()
+            index.update(((s.rig, s.instrument), s) for s in self.stats.instruments)
+        stats = index.get((rig, instrument))
+        if stats is not None:
+            stats.link = link
+            return stats
         stats = InstrumentStats(rig=rig, instrument=instrument, link=link)
         self.stats.instruments.append(stats)
+        index[(rig, instrument)] = stats
         return stats
 
     def _build_scheduler(self, link_id: LinkId, plan: LinkPlan, gateway: GatewayConfig) -> LinkScheduler:
-        return build_scheduler(link_id, plan, gateway, self.ring, self._instrument_stats)
+        scheduler = build_scheduler(link_id, plan, gateway, self.ring, self._instrument_stats)
+        # The link's wire counters, labelled like its instruments' and kept across reloads (as theirs are).
+        link, link_key = scheduler.link, link_id[1]
+        kept = next((stats for stats in self.stats.links if stats.link == link_key), None)
+        if kept is None:
+            link.stats.link = link_key
+            self.stats.links.append(link.stats)
+        else:
+            link.stats = kept
+        return scheduler
 
     def _build_runner(self, name: str, output_config: OutputConfig, source: BatchSource | None = None) -> OutputRunner:
         output_stats = next((stats for stats in self.stats.outputs if stats.output == name), None)
         if output_stats is None:
             output_stats = OutputStats(output=name)
             self.stats.outputs.append(output_stats)
+        previous = source if isinstance(source, ReducedSource) else None
+        if previous is not None:
+            source = previous.inner  # a reload: the reduction starts over on the same reader
         if source is None:
             source = self.spool.reader(name, output_stats) if self.spool else self.ring.reader(name)
+        if isinstance(source, RingReader | SpoolReader):
+            # The reader skips what the output does not take: it never counts in the output's backlog.
+            source.set_route(output_config.route())
+        source = reduce_source(
+            source, output_config, output_stats, self.spool.directory if self.spool else None, previous
+        )
         output = build_output(name, output_config, self.config.gateway)
         return OutputRunner(output, source, output_config, output_stats)
 
+    def events_not_published(self) -> int:
+        """Reliability events the MQTT output could not take, over the daemon's life (for /metrics)."""
+        return self._events_not_published + self.reliability.events_not_published
+
+    async def _replace_reliability(self) -> None:
+        """A new engine (after a reload or a failure), from the state the previous one saved on disk."""
+        # The files are read in a worker thread: the event loop goes on acquiring meanwhile.
+        saved = await asyncio.to_thread(read_states, self.config.gateway.state_path, self.config.rigs)
+        self._events_not_published += self.reliability.events_not_published  # a counter never goes back
+        self.reliability = self._build_reliability(saved)
+
+    def _build_reliability(self, saved: dict[str, RigState | None] | None = None) -> ReliabilityEngine:
+        """An engine with what it uses: the rigs, a ring reader of its own, the ring to emit into, the state
+        folder, and every MQTT output that takes events, to publish each event at once where its routing takes it."""
+        # The MQTT output's module (aiomqtt, paho: 60-80 ms of start-up) is imported by the output registry
+        # only when a gateway configures it: without it there is no MQTT output to publish to.
+        mqtt = sys.modules.get("edge_daq.sinks.mqtt")
+        targets = [
+            (cast("MqttOutput", runner.output), runner.config.route())
+            for runner in self.runners
+            if mqtt is not None and isinstance(runner.output, mqtt.MqttOutput) and "events" in runner.config.records
+        ]
+        publisher = (
+            RoutedEventPublisher(
+                targets=targets,
+                rig_tags={rig.rig: base_tags(self.config.gateway, rig) for rig in self.config.rigs},
+                identity_keys=frozenset(("dut", *DUT_TAG_KEYS)),
+            )
+            if targets
+            else None
+        )
+        self._reliability_reader = self.ring.reader("reliability")
+        engine = ReliabilityEngine(
+            rigs=self.config.rigs,
+            gateway=self.config.gateway,
+            config_hash=self.config.hash,
+            reader=self._reliability_reader,
+            emit=self.ring.append,
+            state_dir=self.config.gateway.state_path,
+            publisher=publisher,
+            saved=saved,
+        )
+        engine.write_handler = self.writes.handle  # `edge-daq write` arrives on the engine's control socket
+        for rig_engine in engine.rigs.values():
+            rig_engine.observer = self.actions.on_event  # on_start, on_stop, on_failure
+        return engine
+
     def _start_runner(self, runner: OutputRunner) -> None:
         assert self._group is not None
-        name = runner.output.name
-        self._runner_tasks[name] = self._group.create_task(runner.run(), name=f"output {name}")
+        name = f"output {runner.output.name}"
+        self._runner_tasks[runner.output.name] = self._group.create_task(
+            self.supervisor.supervise(name, lambda: _run_output(runner), kind="output"), name=name
+        )
 
     def _start_link(self, link_id: LinkId) -> None:
         assert self._acquisition is not None
         scheduler = self._links[link_id][1]
+        name = f"link {scheduler.link.describe}"
         self._link_tasks[link_id] = self._acquisition.create_task(
-            scheduler.run(), name=f"link {scheduler.link.describe}"
+            self.supervisor.supervise(name, scheduler.run, kind="link"), name=name
         )
 
     async def run(self, stop: asyncio.Event) -> DrainReport:
@@ -216,12 +332,25 @@ class Daemon:
         )
         async with asyncio.TaskGroup() as group:
             self._group = group
-            spool = group.create_task(self.spool.run(), name="spool") if self.spool else None
+            supervise = self.supervisor.supervise
+            spool = (
+                group.create_task(supervise("spool", self.spool.run, kind="spool"), name="spool")
+                if self.spool
+                else None
+            )
             for runner in self.runners:
                 self._start_runner(runner)
             acquisition = group.create_task(self._acquire(), name="acquisition")
             self._start_reliability()
-            summary = group.create_task(self._log_summaries(), name="summaries")
+            if not self.reliability.rigs and has_writable_points(self.config.rigs):
+                # No engine serves the control socket: the write command still needs it.
+                socket_path = self.config.gateway.state_path / "control.sock"
+                group.create_task(
+                    supervise("writes", lambda: serve_writes(socket_path, self.writes, stop), kind="writes"),
+                    name="writes control",
+                )
+            actions = group.create_task(supervise("actions", self._run_actions, kind="actions"), name="actions")
+            summary = group.create_task(supervise("summaries", self._log_summaries, kind="summaries"), name="summaries")
             # Configs, models and drivers live as long as the daemon: keep them out of the cyclic collector's
             # full passes, which otherwise walk them all and stall every poller for tens of milliseconds
             # (bench/fleet.py: p99 schedule lateness). Records are freed by reference counting alone.
@@ -231,11 +360,10 @@ class Daemon:
             await stop.wait()
 
             self.running.clear()
-            acquisition.cancel()
             summary.cancel()
-            # A poll in flight may still append its record: let acquisition end before the outputs drain, and
-            # the reliability engine write its last events and state before them too.
-            await asyncio.wait([acquisition])
+            actions.cancel()
+            await self._stop_acquisition(acquisition)
+            # The reliability engine writes its last events and state before the outputs drain too.
             await self._stop_reliability()
             if self.spool is not None:
                 await self.spool.flush(within=self.drain_timeout)  # what is still in the ring, onto disk
@@ -253,11 +381,67 @@ class Daemon:
         log.info("daemon_stopped", undelivered=report.undelivered)
         return report
 
+    async def _run_actions(self) -> None:
+        """The rig file's actions; interlocks read the records with a reader of their own."""
+        reader = self.ring.reader("interlocks") if any(rig.interlocks for rig in self.config.rigs) else None
+        try:
+            await self.actions.run(reader)
+        finally:
+            if reader is not None:
+                self.ring.remove_reader(reader)
+
+    def _pause_test(self, rig: str, reason: str) -> None:
+        engine = self.reliability.rigs.get(rig)
+        if engine is None:
+            log.warning("interlock_no_test", rig=rig, reason=reason)
+            return
+        reply = engine.command({"command": "test", "action": "pause", "reason": reason})
+        if not reply.get("ok"):
+            log.warning("interlock_pause_refused", rig=rig, reason=reason, error=reply.get("error"))
+
+    def writes_status(self) -> dict[str, object]:
+        """For /status: the write service's counters and the actions (never a token)."""
+        return {**self.writes.status(), "actions": self.actions.status()}
+
+    async def _stop_acquisition(self, acquisition: asyncio.Task[None]) -> None:
+        """Stop every link gracefully (a poll under way appends its record before the drain), then acquisition."""
+        await self._stop_links(list(self._link_tasks))
+        acquisition.cancel()
+        await asyncio.wait([acquisition])
+
+    async def _stop_links(self, link_ids: list[LinkId]) -> None:
+        """Stop these links together: no new poll, and a poll under way gets its reply and emits its record.
+
+        Each scheduler bounds its own stop (its ``stop_grace``); cancelling is the backstop past that.
+        """
+        schedulers = [self._links[link_id][1] for link_id in link_ids]
+        tasks = [self._link_tasks.pop(link_id) for link_id in link_ids]
+        for scheduler in schedulers:
+            scheduler.request_stop()
+        if tasks:
+            await asyncio.wait(tasks, timeout=max(s.stop_grace for s in schedulers) + LINK_STOP_MARGIN)
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks)
+
     def _start_reliability(self) -> None:
         assert self._group is not None
         self._reliability_stop = asyncio.Event()
+        stop, first = self._reliability_stop, True
+
+        async def run() -> None:
+            nonlocal first
+            if not first:  # restarted after a failure: a fresh engine, from the state it saved on disk
+                await self._replace_reliability()
+            first = False
+            engine, reader = self.reliability, self._reliability_reader
+            try:
+                await engine.run(stop)
+            finally:
+                self.ring.remove_reader(reader)  # however the run ended: a stale reader would hold the ring
+
         self._reliability_task = self._group.create_task(
-            self.reliability.run(self._reliability_stop), name="reliability"
+            self.supervisor.supervise("reliability", run, kind="reliability"), name="reliability"
         )
 
     async def _stop_reliability(self) -> None:
@@ -291,10 +475,8 @@ class Daemon:
             for link_id, (plan, _) in self._links.items()
             if link_id not in plans or plans[link_id].fingerprint != plan.fingerprint
         ]
+        await self._stop_links(stopped)  # their polls under way still emit their records
         for link_id in stopped:
-            task = self._link_tasks.pop(link_id)
-            task.cancel()
-            await asyncio.wait([task])
             del self._links[link_id]
         self.config = config
         started = [link_id for link_id in plans if link_id not in self._links]
@@ -307,8 +489,9 @@ class Daemon:
         restarted = await self._reload_outputs(output_configs(new_gateway))
         # The engine keeps its state on disk: a new one picks it up with the new rigs, DUTs and rules.
         await self._stop_reliability()
-        self.reliability = ReliabilityEngine(self)
+        await self._replace_reliability()
         self._start_reliability()
+        self.actions.reload()
         needs_restart = [
             key for key in ("buffer", "http", "log") if getattr(old_gateway, key) != getattr(new_gateway, key)
         ]
@@ -347,8 +530,9 @@ class Daemon:
                 replacement = self._build_runner(name, configs[name], source=runner.source)
             else:
                 self.stats.outputs[:] = [s for s in self.stats.outputs if s.output != name]
-                if isinstance(runner.source, RingReader):
-                    self.ring.remove_reader(runner.source)
+                reader = runner.source.inner if isinstance(runner.source, ReducedSource) else runner.source
+                if isinstance(reader, RingReader):
+                    self.ring.remove_reader(reader)
                 restarted.append(name)
                 continue
             self.runners.append(replacement)
@@ -375,11 +559,23 @@ class Daemon:
         for runner in self.runners:
             if runner.output.name != output:
                 continue
-            if isinstance(runner.source, RingReader):
-                oldest = runner.source.oldest_time_ns()
+            reader = runner.source.inner if isinstance(runner.source, ReducedSource) else runner.source
+            if isinstance(reader, RingReader):
+                oldest = reader.oldest_time_ns()
                 return None if oldest is None else max(0.0, (time.time_ns() - oldest) / 1e9)
             return runner.stats.oldest_pending_seconds
         return None
+
+    def output_details(self, output: str) -> dict[str, object]:
+        """For /status: the output's type, where it delivers now, and what it takes."""
+        for runner in self.runners:
+            if runner.output.name == output:
+                return {
+                    "type": outputs_registry.type_of(runner.config),
+                    "target": runner.output.target,
+                    "routing": describe_route(runner.config.route()),
+                }
+        return {}
 
     def backlog(self, output: str) -> int:
         """Records the output has not delivered yet (for /metrics and the status line)."""
@@ -400,3 +596,10 @@ class Daemon:
                 backlog={runner.output.name: runner.source.pending for runner in self.runners},
             )
             last_appended, last_time = self.ring.appended, now
+
+
+async def _run_output(runner: OutputRunner) -> None:
+    """One run of an output: a run that failed (or a reload) left batches read and not committed: send them again."""
+    if isinstance(runner.source, RingReader | SpoolReader | ReducedSource):
+        runner.source.rewind()
+    await runner.run()

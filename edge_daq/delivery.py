@@ -3,11 +3,18 @@
 Each output has its own runner and its own cursor, so a slow or dead output never holds back another one nor
 acquisition. A batch is committed only after the output acknowledged it; until then it is retried, whatever
 the error, so nothing leaves the buffer undelivered except what the destination itself rejected as invalid.
+
+Recovery is prompt: while backing off, the runner probes the destination (:meth:`Output.probe`) every
+``PROBE_INTERVAL``; once a probe that failed succeeds, the destination is back and the batch is retried at
+once, however long the backoff had grown. A destination that answers the probe but failed the write (a 500)
+is not probed again until the next failure: its backoff runs its course. ``Retry-After`` and configuration
+errors are never cut short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections import deque
@@ -24,6 +31,9 @@ log = structlog.get_logger("edge_daq.delivery")
 INITIAL_BACKOFF = 0.5
 FATAL_MIN_BACKOFF = 30.0  # a misconfigured output (bad token) is not hammered
 RETRY_AFTER_CAP = 600.0
+PROBE_INTERVAL = 1.0  # seconds between reachability probes while backing off
+PROBE_LIMIT = 60.0  # a probe still under way after this long is a bug: cancelled, and the backoff waited out
+DRAIN_RETRY_DELAY = 1.0  # the longest wait between retries once draining: the supervisor bounds the total
 
 
 class Backoff:
@@ -39,7 +49,8 @@ class Backoff:
 
     def next_delay(self) -> float:
         ceiling = min(self.maximum, self.initial * 2**self._attempt)
-        self._attempt += 1
+        # Capped: 2**attempt as a float overflows after ~1,000 failures (days of outage at a long backoff).
+        self._attempt = min(self._attempt + 1, 64)
         return random.uniform(ceiling / 2, ceiling)
 
 
@@ -51,11 +62,15 @@ class OutputRunner:
         self.stats = stats
         self._backoff = Backoff(INITIAL_BACKOFF, config.max_backoff)
         self._closing = False
+        self._drain_requested = asyncio.Event()  # ends the wait of a backoff early
+        self._probe_failure_logged = False
+        self._read_at = time.monotonic()  # when the last batch was read
         self._log = log.bind(output=output.name)
 
     def begin_drain(self) -> None:
         """Stop waiting for full batches: deliver what is pending, then :meth:`run` returns."""
         self._closing = True
+        self._drain_requested.set()
         self.source.wake()
 
     async def run(self) -> None:
@@ -102,11 +117,20 @@ class OutputRunner:
         """Up to batch_size records, waiting at most flush_interval after the first; None once drained."""
         source, size = self.source, self.config.batch_size
         if not self._closing:
-            await source.wait(1)
-            if not self._closing and source.unread < size:
-                await source.wait(size, max_wait=self.config.flush_interval)
+            if source.unread:
+                # These came while the previous batch was written: the flush interval runs from that batch's read,
+                # not from now, or a record would wait a whole write longer (bench/fleet.py: p99 acquisition to
+                # queryable in InfluxDB).
+                first_seen = self._read_at
+            else:
+                await source.wait(1)
+                first_seen = time.monotonic()
+            left = self.config.flush_interval - (time.monotonic() - first_seen)
+            if not self._closing and source.unread < size and left > 0:
+                await source.wait(size, max_wait=left)
         if source.unread == 0:
             return None
+        self._read_at = time.monotonic()
         return source.read(size)
 
     async def _deliver(self, batch: Batch) -> None:
@@ -140,11 +164,52 @@ class OutputRunner:
             self.stats.failing_since = time.monotonic()
             self._log.error("output_failed", error=str(error), kind=type(error).__name__)
         delay = self._backoff.next_delay()
+        probe = True
         if isinstance(error, FatalSinkError):
             delay = max(delay, FATAL_MIN_BACKOFF)
+            probe = False  # the server answers: it is the configuration that is wrong
         if isinstance(error, RetriableSinkError) and error.retry_after is not None:
             delay = max(delay, min(error.retry_after, RETRY_AFTER_CAP))
-        if self._closing:
-            # Draining: the supervisor bounds the total time; retry soon rather than sleeping past it.
-            delay = min(delay, 1.0)
-        await asyncio.sleep(delay)
+            probe = False  # the server asked for this wait
+        await self._wait_before_retry(delay, probe=probe)
+
+    async def _wait_before_retry(self, delay: float, *, probe: bool) -> None:
+        """Wait ``delay`` seconds, or less: while ``probe``, until the destination is seen coming back (a probe
+        failed, a later one succeeded); once draining, at most DRAIN_RETRY_DELAY (the drain has a time limit)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        probe = probe and delay > PROBE_INTERVAL
+        unreachable_seen = False
+        while (remaining := deadline - loop.time()) > 0:
+            if self._closing:
+                await asyncio.sleep(min(remaining, DRAIN_RETRY_DELAY))
+                return
+            next_probe = loop.time() + PROBE_INTERVAL
+            if probe:
+                reachable = await self._probe()
+                if reachable is None:
+                    probe = False
+                elif not reachable:
+                    unreachable_seen = True
+                elif unreachable_seen:
+                    self._log.info("output_reachable", backoff_left_seconds=round(deadline - loop.time(), 1))
+                    return
+                else:
+                    probe = False  # it answers, yet the write failed: let the backoff run its course
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(min(deadline, next_probe) if probe else deadline):
+                    await self._drain_requested.wait()
+
+    async def _probe(self) -> bool | None:
+        """The output's probe; None if it cannot tell. Not cut at the end of the backoff: the retry would wait for
+        the same connection attempt (MQTT's probe is the reconnect), so a probe is only cut if it hangs."""
+        try:
+            async with asyncio.timeout(PROBE_LIMIT):
+                return await self.output.probe()
+        except TimeoutError:
+            return None
+        except Exception as error:  # a probe must not end the runner: fall back to the plain backoff
+            if not self._probe_failure_logged:
+                self._probe_failure_logged = True
+                self._log.warning("output_probe_failed", error=repr(error))
+            return None

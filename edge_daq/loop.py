@@ -1,6 +1,6 @@
 """The event loop edge-daq runs on (uvloop when it is installed, else asyncio's own), and a sleep finer than its timer.
 
-uvloop is optional (not a dependency) and the drivers are tested under it (tests/test_uvloop.py). It is no
+uvloop is optional (not a dependency) and the drivers are tested under it (tests/integration/test_uvloop.py). It is no
 faster here: the pipeline benchmark's acquisition, 16 Modbus TCP links polled back to back into InfluxDB, made
 776k values/s on uvloop 0.23 against 821k on asyncio's loop, at the same 87 % of a core. Set
 ``EDGE_DAQ_LOOP=asyncio`` to keep asyncio's loop even when uvloop is installed.

@@ -7,6 +7,10 @@ response arrived, taken once and never changed afterwards.
 
 Requests on one link are strictly sequential: one scheduler task per link, which awaits each poll before
 starting the next, so a device never sees two requests in flight.
+
+Stopping is graceful: :meth:`LinkScheduler.request_stop` starts no new poll, lets the poll under way get its
+reply (for at most ``STOP_GRACE_TIMEOUTS`` of its instrument's timeouts) and emit its record, then ends.
+Cancelling the task still works, as a last resort: the poll it interrupts is counted as a failure.
 """
 
 from __future__ import annotations
@@ -14,14 +18,16 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import structlog
 
 from edge_daq.delivery import Backoff
 from edge_daq.drivers.base import Instrument, InstrumentConfig, Link, PollResult
 from edge_daq.errors import DriverConnectionError, DriverError, DriverTimeoutError
+from edge_daq.processing.computed import compile_points
 from edge_daq.record import FieldValue, Record, Series
 from edge_daq.stats import InstrumentStats
 
@@ -36,7 +42,12 @@ BACKOFF_AFTER_FAILURES = 3
 MAX_INSTRUMENT_BACKOFF = 60.0
 LINK_REOPEN_AFTER_TIMEOUTS = 3
 """Consecutive timeouts on a link, with no success in between, after which the link is closed and reopened."""
+STOP_GRACE_TIMEOUTS = 2.0
+"""After a stop request, the poll under way may go on for this many of its instrument's timeouts: one for the
+request already sent, one more for a link being opened or the rest of a poll of several requests."""
 
+
+T = TypeVar("T")
 
 FIELD_NAME_TAG = "_field"
 MEASUREMENT_TAG = "_measurement"
@@ -64,8 +75,15 @@ class RecordBuilder:
             if key not in distinct:
                 distinct[key] = Series(measurement, {**self.series.tags, **written})
             self._field_series[name] = (distinct[key], point_tags.get(FIELD_NAME_TAG, name))
+        self.computed = compile_points(config.name, config.computed)
 
     def build(self, fields: dict[str, FieldValue], time_ns: int) -> list[Record]:
+        records = self._build(fields, time_ns)
+        if self.computed is not None:
+            self.computed.apply_all(records)  # after the split: per channel, over that channel's fields
+        return records
+
+    def _build(self, fields: dict[str, FieldValue], time_ns: int) -> list[Record]:
         if not self._field_series:
             return [Record(self.series, fields, time_ns)] if fields else []
         # Keyed by identity: a Series holds a dict, so it is not hashable, and each is built once above.
@@ -94,6 +112,10 @@ class ScheduledInstrument:
     next_due: float = 0.0
     retry_at: float = 0.0
     last_status_at: float = field(default=-STATUS_HEARTBEAT)
+    points_failing: bool = False
+    """Some points failed in the last successful poll: an episode of ``points_failed``, logged once."""
+    last_fields: Mapping[str, FieldValue] | None = None
+    """The values of the last successful poll: a write's ``old`` value, without a read of its own."""
 
     @property
     def config(self) -> InstrumentConfig:
@@ -125,7 +147,53 @@ class LinkScheduler:
         self._link_retry_at = 0.0
         self._link_error = ""
         self._timeouts_in_a_row = 0
+        self._stopping = False
+        self._sleeper: asyncio.Future[None] | None = None  # set while waiting for the next due time
+        self._polling: tuple[ScheduledInstrument, asyncio.Timeout] | None = None  # the poll under way
         self._log = log.bind(link=link.describe)
+        self.operations = 0
+        """Writes and read-backs run through :meth:`operate`."""
+
+    @property
+    def stop_grace(self) -> float:
+        """The longest a poll may go on after :meth:`request_stop` (seconds)."""
+        return STOP_GRACE_TIMEOUTS * max(scheduled.config.timeout for scheduled in self.instruments)
+
+    def request_stop(self) -> None:
+        """End :meth:`run` gracefully: no new poll starts; the one under way gets its reply and emits its record
+        (within :attr:`stop_grace`), then the link is closed and :meth:`run` returns."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._sleeper is not None and not self._sleeper.done():
+            self._sleeper.set_result(None)
+        if self._polling is not None:
+            scheduled, deadline = self._polling
+            grace = STOP_GRACE_TIMEOUTS * scheduled.config.timeout
+            deadline.reschedule(asyncio.get_running_loop().time() + grace)
+
+    async def operate(self, operation: Callable[[Link], Awaitable[T]]) -> T:
+        """Run a write (or its read-back) on this scheduler's link, between two of its transactions.
+
+        Every link serialises its requests with a first-come lock, so the operation waits for the transaction
+        on the wire, never interleaves with it, and goes before the next request of a poll under way. Nothing
+        is sent while the link is down (the scheduler reopens it with backoff): the write is refused.
+        """
+        if not self.link.is_open:
+            raise DriverConnectionError(f"{self.link.describe} is not connected: nothing was sent")
+        self.operations += 1
+        return await operation(self.link)
+
+    async def _sleep(self, delay: float) -> None:
+        """Like asyncio.sleep, but :meth:`request_stop` ends it early."""
+        loop = asyncio.get_running_loop()
+        sleeper = self._sleeper = loop.create_future()
+        timer = loop.call_later(delay, _wake, sleeper)
+        try:
+            await sleeper
+        finally:
+            timer.cancel()
+            self._sleeper = None
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -140,10 +208,12 @@ class LinkScheduler:
         heapq.heapify(queue)
         task = asyncio.current_task()
         try:
-            while True:
+            while not self._stopping:
                 due, index = queue[0]
                 if (delay := due - loop.time()) > 0:
-                    await asyncio.sleep(delay)
+                    await self._sleep(delay)
+                    if self._stopping:
+                        break
                 heapq.heappop(queue)
                 scheduled = self.instruments[index]
                 await self._cycle(scheduled, due)
@@ -183,20 +253,42 @@ class LinkScheduler:
         loop = asyncio.get_running_loop()
         stats = scheduled.stats
         stats.polls += 1
+        # No deadline of its own (the driver bounds each request); request_stop() sets one.
+        deadline = asyncio.timeout(None)
         try:
-            if not self.link.is_open:
-                await self._open_link(started)
-            result = await scheduled.instrument.poll(self.link)
+            async with deadline:
+                self._polling = (scheduled, deadline)  # only while entered: reschedule() needs that
+                try:
+                    if not self.link.is_open:
+                        await self._open_link(started)
+                    result = await scheduled.instrument.poll(self.link)
+                finally:
+                    self._polling = None
         except DriverError as error:
             time_ns = time.time_ns()
             await self._poll_failed(scheduled, error, loop.time() - started, time_ns)
             return
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            self._poll_abandoned(scheduled, "it took longer than the stop grace")
+            return
+        except asyncio.CancelledError:
+            self._poll_abandoned(scheduled, "the link was cancelled")
+            raise
         time_ns = time.time_ns()  # acquisition time: when the response arrived
         latency = loop.time() - started
         stats.latency.observe(latency)
+        stats.last_latency = latency
         self._timeouts_in_a_row = 0
         self._link_backoff.reset()
         self._poll_succeeded(scheduled, result, latency, time_ns)
+
+    def _poll_abandoned(self, scheduled: ScheduledInstrument, reason: str) -> None:
+        """A poll cut short by stopping: no record, so it is counted as a failed poll and logged."""
+        stats = scheduled.stats
+        stats.failures += 1
+        self._log.warning("poll_abandoned", rig=stats.rig, instrument=stats.instrument, reason=reason)
 
     async def _open_link(self, now: float) -> None:
         if now < self._link_retry_at:
@@ -222,15 +314,20 @@ class LinkScheduler:
         stats.consecutive_failures = 0
         stats.last_success_monotonic = asyncio.get_running_loop().time()
         scheduled.retry_at = 0.0
-        for record in builder.build(result.fields, time_ns):
-            self._emit(record)
-            stats.records += 1
+        scheduled.last_fields = result.fields
+        samples = ((time_ns, result.fields),) if result.samples is None else result.samples
+        for sample_ns, fields in samples:
+            for record in builder.build(fields, sample_ns):
+                self._emit(record)
+                stats.records += 1
 
         failed = len(result.failed)
         error = "; ".join(dict.fromkeys(str(e) for e in result.errors)) if failed else ""
         if failed:
             stats.failed_points += failed
-            if error != stats.last_error:
+            # Once per episode: the message often varies from poll to poll (a reading, an exception code inside
+            # it), the episode does not. The counters and the status record carry every poll's details.
+            if not scheduled.points_failing:
                 self._log.error(
                     "points_failed",
                     rig=stats.rig,
@@ -238,6 +335,9 @@ class LinkScheduler:
                     points=result.failed,
                     error=error,
                 )
+        elif scheduled.points_failing:
+            self._log.info("points_recovered", rig=stats.rig, instrument=stats.instrument)
+        scheduled.points_failing = failed > 0
         stats.last_error = error
         now = asyncio.get_running_loop().time()
         if failed or recovered or now - scheduled.last_status_at >= STATUS_HEARTBEAT:
@@ -278,3 +378,8 @@ class LinkScheduler:
             scheduled.retry_at = loop.time() + delay
         scheduled.last_status_at = loop.time()
         self._emit(scheduled.builder.status(ok=False, failed_points=0, latency=latency, error=message, time_ns=time_ns))
+
+
+def _wake(sleeper: asyncio.Future[None]) -> None:
+    if not sleeper.done():
+        sleeper.set_result(None)

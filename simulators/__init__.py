@@ -1,4 +1,4 @@
-"""Simulated instruments: real Modbus TCP servers driven by live models, for CI, demos and tests.
+"""Simulated instruments: real Modbus, SCPI and OPC UA servers driven by live models, for CI, demos and tests.
 
 The simulators are independent of the daemon (they never import ``edge_daq``) and the daemon never
 imports them. Start one in-process::
@@ -9,6 +9,8 @@ imports them. Start one in-process::
 or from the command line (``edge-daq simulate`` delegates to :func:`simulators.cli.main`)::
 
     edge-daq simulate watlow-f4 --tcp 127.0.0.1:5020 --seed 1 --time-scale 60
+
+The OPC UA chamber (``serve("opcua-chamber", ...)`` or :func:`serve_opcua`) imports asyncua only when it runs.
 """
 
 from __future__ import annotations
@@ -16,19 +18,31 @@ from __future__ import annotations
 import argparse
 import random
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from simulators import burnin_board, endurance_rig, espec_p300, keithley_2400, keysight_daq970a, watlow_f4
+from simulators import (
+    burnin_board,
+    endurance_rig,
+    espec_p300,
+    event_detector,
+    keithley_2400,
+    keysight_daq970a,
+    watlow_f4,
+)
 from simulators.line_server import LineDevice, LineServer
 from simulators.modbus_server import Faults, ModbusDevice, ModbusTcpServer, ModelClock, UnknownUnitPolicy
 from simulators.rtu_server import ModbusRtuServer, Parity
 
+if TYPE_CHECKING:
+    from simulators.opcua_chamber import OpcUaChamberServer
+
 __all__ = [
     "BUS_SIMULATORS",
     "LINE_SIMULATORS",
+    "OPCUA_SIMULATORS",
     "SIMULATORS",
     "BusSimulatorSpec",
     "Faults",
@@ -41,6 +55,7 @@ __all__ = [
     "create_rtu_server",
     "create_server",
     "serve",
+    "serve_opcua",
     "serve_rtu",
 ]
 
@@ -76,6 +91,14 @@ SIMULATORS: dict[str, SimulatorSpec] = {
             create_device=burnin_board.BurnInBoard,
             add_arguments=burnin_board.add_arguments,
             options_from_args=burnin_board.options_from_args,
+        ),
+        SimulatorSpec(
+            kind="event-detector",
+            description="event detector on a cycling chamber: latched per-channel event counts, seeded intermittents",
+            default_port=5022,
+            create_device=event_detector.EventDetector,
+            add_arguments=event_detector.add_arguments,
+            options_from_args=event_detector.options_from_args,
         ),
     )
 }
@@ -145,8 +168,68 @@ def create_server(
     return ModbusTcpServer(devices, host=host, port=port, faults=faults, latency=latency, unknown_unit=unknown_unit)
 
 
+OPCUA_SIMULATORS = {
+    "opcua-chamber": "OPC UA chamber: the Watlow F4 thermal model on asyncua's server, security None/Basic256Sha256",
+}
+"""Served by :mod:`simulators.opcua_chamber` (imported only when one runs: it pulls in asyncua)."""
+
+
 @asynccontextmanager
-async def serve(
+async def serve_opcua(
+    kind: str = "opcua-chamber",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    seed: int | None = None,
+    time_scale: float = 1.0,
+    **options: Any,
+) -> AsyncIterator[OpcUaChamberServer]:
+    """Run the OPC UA chamber for the duration of the ``async with`` block; read ``.port`` and ``.endpoint``.
+
+    ``options`` go to :class:`~simulators.opcua_chamber.OpcUaChamberServer` (``security``, ``certificate``,
+    ``private_key``, ``users``, ``bad_nodes``, ``update_interval``) and to the Watlow F4 model (``setpoint``...).
+    """
+    if kind not in OPCUA_SIMULATORS:
+        raise KeyError(f"unknown OPC UA simulator {kind!r}; known: {', '.join(OPCUA_SIMULATORS)}")
+    from simulators.opcua_chamber import OpcUaChamberServer
+
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+    async with OpcUaChamberServer(host=host, port=port, seed=seed, time_scale=time_scale, **options) as server:
+        yield server
+
+
+@overload
+def serve(kind: Literal["opcua-chamber"], **options: Any) -> AbstractAsyncContextManager[OpcUaChamberServer]: ...
+
+
+@overload
+def serve(
+    kind: str,
+    *,
+    host: str = ...,
+    port: int = ...,
+    seed: int | None = ...,
+    units: Iterable[int] = ...,
+    faults: Faults | Iterable[str] = ...,
+    time_scale: float = ...,
+    latency: float = ...,
+    unknown_unit: UnknownUnitPolicy = ...,
+    **model_options: Any,
+) -> AbstractAsyncContextManager[ModbusTcpServer]: ...
+
+
+def serve(kind: str, **options: Any) -> AbstractAsyncContextManager[Any]:
+    """Run a ``kind`` simulator for the duration of the ``async with`` block (see :func:`create_server`; the
+    OPC UA kinds: :func:`serve_opcua`). ``port=0`` picks a free port: read it from the yielded server's ``.port``.
+    """
+    if kind in OPCUA_SIMULATORS:
+        return serve_opcua(kind, **options)
+    return _serve_modbus(kind, **options)
+
+
+@asynccontextmanager
+async def _serve_modbus(
     kind: str,
     *,
     host: str = "127.0.0.1",
@@ -159,10 +242,6 @@ async def serve(
     unknown_unit: UnknownUnitPolicy = "exception",
     **model_options: Any,
 ) -> AsyncIterator[ModbusTcpServer]:
-    """Run a ``kind`` simulator for the duration of the ``async with`` block (see :func:`create_server`).
-
-    ``port=0`` picks a free port: read it from the yielded server's ``.port``.
-    """
     server = create_server(
         kind,
         host=host,
@@ -193,11 +272,13 @@ def create_rtu_server(
     time_scale: float = 1.0,
     latency: float = 0.0,
     unknown_unit: UnknownUnitPolicy = "silent",
+    framing: Literal["rtu", "ascii"] = "rtu",
     **model_options: Any,
 ) -> ModbusRtuServer:
     """A not yet started Modbus RTU bus on a pseudo-terminal ``link`` and/or raw TCP (a device server).
 
-    ``kind`` is one of :data:`SIMULATORS` (one model per unit) or :data:`BUS_SIMULATORS` (a rig).
+    ``kind`` is one of :data:`SIMULATORS` (one model per unit) or :data:`BUS_SIMULATORS` (a rig);
+    ``framing="ascii"`` serves Modbus ASCII (7 data bits) instead of RTU.
     """
     if seed is None:
         seed = random.SystemRandom().randrange(2**31)
@@ -220,7 +301,7 @@ def create_rtu_server(
         raise KeyError(f"unknown Modbus simulator {kind!r}; known: {', '.join(known)}")
     return ModbusRtuServer(
         devices, link=link, tcp=tcp, baudrate=baudrate, parity=parity, stopbits=stopbits, faults=faults,
-        latency=latency, unknown_unit=unknown_unit, seed=seed,
+        latency=latency, unknown_unit=unknown_unit, seed=seed, framing=framing,
     )  # fmt: skip
 
 

@@ -17,11 +17,14 @@ reg             meaning                                             type        
 1001+10(s-1)    socket s supply current                             uint16, 0.1 mA
 1002+10(s-1)    socket s status: bit 0 over-current latched,        uint16 bits            yes
                 bit 1 supply on; any write clears the latch
+1003+10(s-1)    socket s enable: 1 on (at start), 0 off             uint16                 yes
 ==============  ==================================================  =====================  =====
 
 Other addresses up to the last socket's status register read 0 and refuse writes (exception 02); reads
-past it are exception 02. Out-of-range writes (bias not 0/1, supply outside 800..5500 mV, limit 0) are
-exception 03. Bit tables: coil 0 mirrors the bias enable (FC01/05/15); discrete input s-1 is socket s's
+past it are exception 02. Out-of-range writes (bias or a socket enable not 0/1, supply outside
+800..5500 mV, limit 0) are exception 03. A disabled socket's supply is off: it reads 0 V and 0 mA, and
+its over-current latch cannot trip (the protective action a burn-in system takes on a shorted DUT).
+Bit tables: coil 0 mirrors the bias enable (FC01/05/15); discrete input s-1 is socket s's
 over-current latch (FC02).
 
 DUT model: each socket's baseline current is drawn once from a normal distribution around
@@ -72,7 +75,7 @@ REG_TEMPERATURE = 10
 REG_BIAS, REG_SUPPLY_MV, REG_LIMIT = 20, 21, 22
 REG_STRESS_HIGH, REG_STRESS_LOW = 30, 31
 SOCKET_BASE, SOCKET_STRIDE = 1000, 10
-VOLTAGE_OFFSET, CURRENT_OFFSET, STATUS_OFFSET = 0, 1, 2
+VOLTAGE_OFFSET, CURRENT_OFFSET, STATUS_OFFSET, ENABLE_OFFSET = 0, 1, 2, 3
 STATUS_OVER_CURRENT, STATUS_SUPPLY_ON = 0x0001, 0x0002
 COIL_BIAS = 0
 
@@ -112,6 +115,7 @@ class _Socket:
     drift_per_hour: float  # relative increase of the current per hour of stress
     failure: Failure | None = None
     over_current: bool = False
+    enabled: bool = True
 
     def current_ma(self, stress_s: float) -> float:
         """The noiseless current the DUT draws from a powered supply after ``stress_s`` of stress."""
@@ -170,9 +174,10 @@ class BurnInBoard(RegisterMapDevice):
         self.oven_temperature = temperature
         self.bias = bias
         self.stress_s = 0.0
-        self.highest_address = socket_register(sockets, STATUS_OFFSET)
+        self.highest_address = socket_register(sockets, ENABLE_OFFSET)
         self.writable_registers = frozenset(
-            {REG_BIAS, REG_SUPPLY_MV, REG_LIMIT} | {socket_register(s, STATUS_OFFSET) for s in range(1, sockets + 1)}
+            {REG_BIAS, REG_SUPPLY_MV, REG_LIMIT}
+            | {socket_register(s, offset) for s in range(1, sockets + 1) for offset in (STATUS_OFFSET, ENABLE_OFFSET)}
         )
         failure_by_socket: dict[int, Failure] = {}
         for failure in failures:
@@ -212,13 +217,15 @@ class BurnInBoard(RegisterMapDevice):
         if not self.bias:
             return
         for dut in self._sockets:
-            if not dut.over_current and (
-                dut.current_ma(self.stress_s) > self.limit_ma or dut.latched_up(self.stress_s)
+            if (
+                dut.enabled
+                and not dut.over_current
+                and (dut.current_ma(self.stress_s) > self.limit_ma or dut.latched_up(self.stress_s))
             ):
                 dut.over_current = True
 
     def _supply_on(self, dut: _Socket) -> bool:
-        return self.bias and not dut.over_current
+        return self.bias and dut.enabled and not dut.over_current
 
     def failure_plan(self) -> list[Failure]:
         """Every failure this board will inject (explicit and Weibull-drawn), by socket."""
@@ -229,6 +236,9 @@ class BurnInBoard(RegisterMapDevice):
         self._advance()
         dut = self._sockets[socket - 1]
         return dut.current_ma(self.stress_s) if self._supply_on(dut) else 0.0
+
+    def socket_enabled(self, socket: int) -> bool:
+        return self._sockets[socket - 1].enabled
 
     def over_current(self, socket: int) -> bool:
         self._advance()
@@ -266,6 +276,7 @@ class BurnInBoard(RegisterMapDevice):
             values[socket_register(socket, VOLTAGE_OFFSET)] = max(0, min(0xFFFF, round(voltage)))
             values[socket_register(socket, CURRENT_OFFSET)] = max(0, min(0xFFFF, round(current * 10)))
             values[socket_register(socket, STATUS_OFFSET)] = status
+            values[socket_register(socket, ENABLE_OFFSET)] = int(dut.enabled)
         temperature = self.oven_temperature + SELF_HEATING_DEGC_PER_W * board_power_w + scan.gauss(0.0, 0.05)
         values[REG_TEMPERATURE] = to_u16(temperature * 10)
         return values
@@ -277,6 +288,8 @@ class BurnInBoard(RegisterMapDevice):
             raise IllegalDataValue(f"supply set point is {SUPPLY_RANGE_MV[0]}..{SUPPLY_RANGE_MV[1]} mV")
         if address == REG_LIMIT and value == 0:
             raise IllegalDataValue("the over-current limit cannot be 0")
+        if address >= SOCKET_BASE and (address - SOCKET_BASE) % SOCKET_STRIDE == ENABLE_OFFSET and value not in (0, 1):
+            raise IllegalDataValue("a socket enable is 0 or 1")
 
     def apply_write(self, address: int, value: int) -> None:
         # Accrue stress time under the old settings before the write takes effect.
@@ -287,6 +300,8 @@ class BurnInBoard(RegisterMapDevice):
             self.supply_mv = value
         elif address == REG_LIMIT:
             self.limit_ma = value / 10
+        elif (address - SOCKET_BASE) % SOCKET_STRIDE == ENABLE_OFFSET:
+            self._sockets[(address - SOCKET_BASE) // SOCKET_STRIDE].enabled = bool(value)
         else:  # a socket status register: any write clears its latch
             self._sockets[(address - SOCKET_BASE) // SOCKET_STRIDE].over_current = False
         self._advance()  # a new limit or a cleared latch is judged at once

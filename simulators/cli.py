@@ -29,16 +29,20 @@ import structlog
 from simulators import (
     BUS_SIMULATORS,
     LINE_SIMULATORS,
+    OPCUA_SIMULATORS,
     SIMULATORS,
     LineServer,
     ModbusRtuServer,
     create_line_server,
     create_rtu_server,
     create_server,
+    watlow_f4,
 )
 from simulators.modbus_server import Faults, ModbusTcpServer
 
 Server = ModbusTcpServer | ModbusRtuServer | LineServer
+# Kinds whose physics a person watches in real time run faster by default; the rest run at 1.
+DEFAULT_TIME_SCALES = {"watlow-f4": watlow_f4.DEFAULT_TIME_SCALE}
 
 
 def _endpoint(text: str) -> tuple[str, int]:
@@ -78,7 +82,12 @@ def _non_negative(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="edge-daq simulate", description="Run a simulated instrument as a Modbus TCP server."
+        prog="edge-daq simulate",
+        description="Run a simulated instrument for trying rig files without the hardware: Modbus controllers "
+        "and boards (a Modbus TCP server, or Modbus RTU on a pseudo-terminal or raw TCP), an RS-485 bus of "
+        "several Modbus RTU devices, and SCPI/ASCII instruments (on TCP or a pseudo-terminal serial line).",
+        epilog="`edge-daq simulate --list-all` shows each kind with its protocol; `edge-daq simulate KIND --help` "
+        "its options.",
     )
     parser.add_argument("--list", action="store_true", help="list the simulator kinds and exit")
     kinds = parser.add_subparsers(dest="kind", metavar="KIND")
@@ -104,11 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="FAULT",
             help="no-answer[:UNIT] | exception02 | slow:SECONDS | drop-after:N (repeatable)",
         )
+        time_scale = DEFAULT_TIME_SCALES.get(spec.kind, 1.0)
         common.add_argument(
             "--time-scale",
             type=_non_negative,
-            default=1.0,
-            help="model seconds per real second (default 1; 0 freezes the model)",
+            default=time_scale,
+            help=f"model seconds per real second (default {time_scale:g}; 0 freezes the model); "
+            "a rig simulated with it sets stress.time_scale to the same value",
         )
         common.add_argument("--latency", type=_non_negative, default=0.0, help="seconds before every reply")
         common.add_argument(
@@ -146,6 +157,19 @@ def build_parser() -> argparse.ArgumentParser:
         common.add_argument("--latency", type=_non_negative, default=0.0, help="seconds before every reply")
         common.add_argument("-v", "--verbose", action="store_true", help="log to stderr")
         line.add_arguments(sub)
+    for kind, description in OPCUA_SIMULATORS.items():
+        from simulators import opcua_chamber, watlow_f4
+
+        sub = kinds.add_parser(kind, help=description, description=description)
+        common = sub.add_argument_group("server (OPC UA)")
+        common.add_argument(
+            "--tcp", type=_endpoint, default=("127.0.0.1", 4840), metavar="HOST:PORT",
+            help="listen address (default 127.0.0.1:4840; port 0 picks a free one)",
+        )  # fmt: skip
+        common.add_argument("--seed", type=int, default=None, help="seed of the model (default: random)")
+        common.add_argument("--time-scale", type=_non_negative, default=1.0, help="model seconds per real second")
+        opcua_chamber.add_arguments(sub)
+        watlow_f4.add_arguments(sub)
     parser.add_argument("--list-all", action="store_true", help="list every simulator kind with its protocol")
     return parser
 
@@ -159,6 +183,9 @@ def _add_rtu_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--baudrate", type=int, default=19200, help="RTU line rate, honoured in timing (19200)")
     group.add_argument("--parity", choices=("N", "E", "O"), default="E", help="RTU parity (default E)")
     group.add_argument("--stopbits", type=int, choices=(1, 2), default=1, help="RTU stop bits (default 1)")
+    group.add_argument(
+        "--ascii", action="store_true", help="Modbus ASCII (':' frames, LRC, CR LF, 7 data bits) instead of RTU"
+    )
 
 
 def _add_model_arguments(group: argparse._ArgumentGroup, *, units_default: list[int], unknown_default: str) -> None:
@@ -186,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = [(kind, "modbus tcp/rtu", spec.description) for kind, spec in SIMULATORS.items()]
         rows += [(kind, "modbus rtu", spec.description) for kind, spec in BUS_SIMULATORS.items()]
         rows += [(kind, "line tcp/pty", spec.description) for kind, spec in LINE_SIMULATORS.items()]
+        rows += [(kind, "opc ua", description) for kind, description in OPCUA_SIMULATORS.items()]
         width = max(len(row[0]) for row in rows)
         for kind, protocol, description in rows:
             print(f"{kind:<{width}}  {protocol:<14}  {description}")
@@ -194,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("edge-daq simulate: error: give a simulator KIND or --list", file=sys.stderr)
         return 2
+    if args.kind in OPCUA_SIMULATORS:
+        return _run_opcua(args)
     structlog.configure(
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG if args.verbose else logging.WARNING),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
@@ -203,7 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"edge-daq simulate: error: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(args.kind, servers))
+    notes = []
+    if args.kind == "watlow-f4":  # how long the chamber takes to be at set point, so nobody waits blindly
+        notes.append(watlow_f4.startup_note(watlow_f4.options_from_args(args), args.time_scale))
+    return asyncio.run(_run(args.kind, servers, notes))
 
 
 def _create_servers(args: argparse.Namespace) -> list[Server]:
@@ -229,7 +262,8 @@ def _create_servers(args: argparse.Namespace) -> list[Server]:
             create_rtu_server(
                 kind, link=args.pty, tcp=args.rtu_tcp, baudrate=args.baudrate, parity=args.parity,
                 stopbits=args.stopbits, seed=args.seed, units=args.units, faults=args.fault,
-                time_scale=args.time_scale, latency=args.latency, unknown_unit=args.unknown_unit, **options,
+                time_scale=args.time_scale, latency=args.latency, unknown_unit=args.unknown_unit,
+                framing="ascii" if args.ascii else "rtu", **options,
             )
         )  # fmt: skip
     tcp = getattr(args, "tcp", None) or (None if servers else tcp_default)
@@ -264,7 +298,7 @@ def _describe(kind: str, server: Server) -> str:
     return f"{kind} serving on {' and '.join(where)}{suffix}"
 
 
-async def _run(kind: str, servers: list[Server]) -> int:
+async def _run(kind: str, servers: list[Server], notes: list[str]) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -280,6 +314,8 @@ async def _run(kind: str, servers: list[Server]) -> int:
             return 1
         for server in servers:
             print(_describe(kind, server), flush=True)
+        for note in notes:
+            print(f"{kind}: {note}", flush=True)
         await stop.wait()
     finally:
         for server in started:
@@ -287,6 +323,40 @@ async def _run(kind: str, servers: list[Server]) -> int:
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
     return 0
+
+
+def _run_opcua(args: argparse.Namespace) -> int:
+    from simulators import opcua_chamber, watlow_f4
+
+    try:
+        options = opcua_chamber.options_from_args(args) | watlow_f4.options_from_args(args)
+        host, port = args.tcp
+        server = opcua_chamber.OpcUaChamberServer(
+            host=host, port=port, seed=args.seed if args.seed is not None else 0, time_scale=args.time_scale, **options
+        )
+    except (OSError, ValueError) as exc:
+        print(f"edge-daq simulate: error: {exc}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            await server.start()
+        except OSError as exc:
+            print(f"{args.kind}: cannot listen: {exc}", file=sys.stderr)
+            return 1
+        try:
+            security = ", ".join(server.security)
+            print(f"{args.kind} serving OPC UA on {server.endpoint} (security {security})", flush=True)
+            await stop.wait()
+        finally:
+            await server.close()
+        return 0
+
+    return asyncio.run(run())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Keithley 2400-style SourceMeter (SCPI over RS-232 or a raw socket) biasing one DUT.
 
-Commands: ``*IDN?``, ``*RST``, ``*CLS``, ``:SOUR:FUNC VOLT|CURR``, ``:SOUR:VOLT[:LEV] <v>`` (and ``?``),
+Commands: ``*IDN?``, ``*RST``, ``*CLS``, ``*OPC?``, ``:SOUR:FUNC VOLT|CURR``, ``:SOUR:VOLT[:LEV] <v>`` (and ``?``),
 ``:SENS:FUNC '...'`` and ``:SENS:CURR:NPLC`` (accepted), ``:SENS:CURR:PROT <a>`` (and ``?``),
 ``:SENS:CURR:PROT:TRIP?``, ``:FORM:ELEM VOLT,CURR,RES,TIME,STAT`` (and ``?``), ``:OUTP ON|OFF`` (and ``?``),
 ``:READ?`` and ``:MEAS:CURR?``/``:MEAS:VOLT?`` (the selected elements, comma-separated, ``+9.910000E+37`` for
@@ -118,6 +118,9 @@ class Keithley2400(LineDevice):
 
     def _star_CLS(self, value: str) -> None:
         self.errors.clear()
+
+    def _star_OPC_q(self, value: str) -> str:
+        return "1"  # every command completes before the next is read
 
     def _SOUR_FUNC(self, value: str) -> None:
         function = value.upper()[:4]

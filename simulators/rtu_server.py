@@ -16,6 +16,10 @@ Framing: a request's length follows from its function code (8 bytes for FC01-06,
 other function codes end at the line's silence. A frame with a wrong CRC is dropped without a reply, as a
 real slave does, and counted in ``stats.bad_frames``. Units the server does not host stay silent (there is
 no gateway on a bus to answer 0x0B); unit 0 is a broadcast: writes are applied and nobody answers.
+
+``framing="ascii"`` serves Modbus ASCII instead (``:``, hex, LRC, CR LF; 7 data bits by default): a request
+ends at its CR LF, a wrong LRC or a frame that is not hex is dropped without a reply, and the ``crc`` fault
+corrupts the reply's LRC.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ from simulators.serial_endpoint import SerialEndpoint, wait_line_time
 log = structlog.get_logger(__name__)
 
 Parity = Literal["N", "E", "O"]
+Framing = Literal["rtu", "ascii"]
 BROADCAST = 0
+MAX_ASCII_FRAME = 1 + 2 * 256 + 2
 
 
 def _crc_table() -> list[int]:
@@ -63,6 +69,16 @@ def crc16(data: bytes | bytearray) -> int:
 def rtu_frame(unit: int, pdu: bytes) -> bytes:
     body = bytes((unit,)) + pdu
     return body + struct.pack("<H", crc16(body))
+
+
+def lrc(data: bytes | bytearray) -> int:
+    """The Modbus ASCII LRC: two's complement of the 8-bit sum."""
+    return -sum(data) & 0xFF
+
+
+def ascii_frame(unit: int, pdu: bytes) -> bytes:
+    body = bytes((unit,)) + pdu
+    return b":" + (body + bytes((lrc(body),))).hex().upper().encode("ascii") + b"\r\n"
 
 
 def request_length(buffer: bytes | bytearray) -> int | None:
@@ -98,6 +114,8 @@ class ModbusRtuServer(SerialEndpoint):
         latency: float = 0.0,
         unknown_unit: UnknownUnitPolicy = "silent",
         seed: int = 0,
+        framing: Framing = "rtu",
+        bytesize: int | None = None,
     ) -> None:
         if not devices:
             raise ValueError("a bus needs at least one unit")
@@ -113,6 +131,8 @@ class ModbusRtuServer(SerialEndpoint):
         self.unknown_unit: UnknownUnitPolicy = unknown_unit
         self.stats = ServerStats()
         self._noise = random.Random(seed)
+        self.framing: Framing = framing
+        self.bytesize = bytesize if bytesize is not None else (7 if framing == "ascii" else 8)
 
     @property
     def units(self) -> list[int]:
@@ -120,7 +140,7 @@ class ModbusRtuServer(SerialEndpoint):
 
     @property
     def bits_per_character(self) -> int:
-        return 1 + 8 + (0 if self.parity == "N" else 1) + self.stopbits
+        return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
 
     @property
     def character_time(self) -> float:
@@ -168,6 +188,9 @@ class ModbusRtuServer(SerialEndpoint):
     # -- the bus
 
     async def _serve(self, receive: Receive, send: Send) -> None:
+        if self.framing == "ascii":
+            await self._serve_ascii(receive, send)
+            return
         buffer = bytearray()
         replies = 0
         while True:
@@ -192,6 +215,50 @@ class ModbusRtuServer(SerialEndpoint):
             if self.faults.drop_after is not None and replies >= self.faults.drop_after and self.link is None:
                 self.stats.dropped_connections += 1
                 return
+
+    async def _serve_ascii(self, receive: Receive, send: Send) -> None:
+        buffer = bytearray()
+        while True:
+            chunk = await receive(None)
+            if chunk == b"":
+                return
+            assert chunk is not None
+            buffer += chunk
+            while (end := buffer.find(b"\r\n")) >= 0:
+                line, buffer = bytes(buffer[:end]), buffer[end + 2 :]
+                start = line.rfind(b":")  # a ':' restarts a frame, as on a real slave
+                reply = await self._handle_ascii(line[start + 1 :]) if start >= 0 else None
+                if reply is not None:
+                    await send(reply)
+                    self.stats.replies += 1
+            if len(buffer) > MAX_ASCII_FRAME:
+                buffer.clear()
+
+    async def _handle_ascii(self, text: bytes) -> bytes | None:
+        try:
+            body = bytes.fromhex(text.decode("ascii"))
+        except (UnicodeDecodeError, ValueError):
+            body = b""
+        if len(body) < 3 or lrc(body[:-1]) != body[-1]:
+            self.stats.bad_frames += 1
+            return None
+        unit, pdu = body[0], body[1:-1]
+        if unit == BROADCAST:
+            for device in self.devices.values():
+                respond({0: device}, 0, pdu, faults=Faults(), unknown_unit="silent", stats=ServerStats())
+            return None
+        answer = respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+        if answer is None:
+            return None
+        reply = ascii_frame(unit, answer)
+        if self.faults.corrupts_crc(unit):
+            wrong = (int(reply[-4:-2], 16) ^ 0x5A).to_bytes(1, "big").hex().upper().encode("ascii")
+            reply = reply[:-4] + wrong + b"\r\n"
+        if self.faults.garbage:
+            reply = bytes(self._noise.randrange(256) for _ in range(3)) + reply
+        wire = (len(text) + 3 + len(reply)) * self.character_time
+        await wait_line_time(wire + self.latency + self.faults.reply_delay)
+        return reply
 
     async def _handle(self, frame: bytes) -> bytes | None:
         if len(frame) < 4 or struct.unpack_from("<H", frame, len(frame) - 2)[0] != crc16(frame[:-2]):

@@ -49,6 +49,7 @@ import argparse
 import math
 import random
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from simulators.modbus_server import (
@@ -78,7 +79,24 @@ REG_SENSOR1, REG_RANGE_LOW, REG_RANGE_HIGH, REG_DECIMALS1, REG_UNITS1 = 600, 602
 REG_SENSOR2, REG_DECIMALS2 = 610, 616
 REG_TEMP_SCALE = 901
 REG_DIGITAL_INPUTS, DOOR_BIT = 210, 0x0008
+DEFAULT_TIME_SCALE = 10.0
+"""``edge-daq simulate watlow-f4`` runs the chamber ten times faster than a real one, as ``edge-daq demo`` does:
+from 23 to 125 degC in about 2 minutes instead of 20 (``--time-scale 1`` for real-time physics)."""
+SETPOINT_TOLERANCE = 2.0  # degC: "at set point" in the start-up note, the example rig's stress tolerance
 Window = tuple[float, float]  # (start, duration) in model seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Scan:
+    """One input scan of the controller (noise included), in engineering units."""
+
+    model_time: float
+    air: float  # degC, input 1
+    load: float  # degC, input 2
+    power: float  # %, loop 1 output, heat positive
+    setpoint1: float  # degC
+    door_open: bool
+    powered: bool
 
 
 class GatewayTargetFailed(ModbusExceptionResponse):
@@ -182,6 +200,17 @@ class WatlowF4(RegisterMapDevice):
             error = math.copysign(knee, error)
         self._air = target - error * math.exp(-elapsed / self.time_constant)
 
+    def seconds_to_setpoint(self, within: float = SETPOINT_TOLERANCE) -> float:
+        """Model seconds from the start (door shut, power on) until the air is within ``within`` degC of set
+        point 1: the rate-limited ramp, then the exponential approach of :meth:`_integrate`."""
+        error = abs(self.setpoint1 - self._air)
+        if error <= within:
+            return 0.0
+        max_rate = self.max_heat_rate if self.setpoint1 > self._air else self.max_cool_rate
+        knee = self.time_constant * max_rate
+        ramp = max(0.0, error - knee) / max_rate
+        return ramp + self.time_constant * math.log(min(error, knee) / within) if min(error, knee) > within else ramp
+
     def _output_power(self) -> float:
         """Loop 1 output in %, heat positive: full heat or cool while the ramp is rate-limited, blending
         into the holding power against losses to ambient as the error closes."""
@@ -203,10 +232,9 @@ class WatlowF4(RegisterMapDevice):
     def _scaled(self, celsius: float, decimals: int) -> int:
         return to_u16(self._to_display(celsius) * 10**decimals)
 
-    def register_values(self) -> Mapping[int, int]:
+    def scan(self) -> Scan:
+        """The readings of the current input scan, in degC and %, as any front end (Modbus, OPC UA) shows them."""
         self._advance()
-        if not self.powered_at(self._model_time):
-            raise GatewayTargetFailed("the controller is powered off")
         scan = random.Random(f"watlow-f4:{self.seed}:{self.unit}:{math.floor(self._model_time / INPUT_SAMPLE_PERIOD)}")
 
         def noise(amplitude: float) -> float:
@@ -217,6 +245,21 @@ class WatlowF4(RegisterMapDevice):
         power = self._output_power()
         if abs(power) < 100.0:  # a saturated output reads exactly +/-100 %
             power = max(-100.0, min(100.0, power + noise(0.2)))
+        return Scan(
+            model_time=self._model_time,
+            air=air,
+            load=load,
+            power=power,
+            setpoint1=self.setpoint1,
+            door_open=self.door_open_at(self._model_time),
+            powered=self.powered_at(self._model_time),
+        )
+
+    def register_values(self) -> Mapping[int, int]:
+        reading = self.scan()
+        if not reading.powered:
+            raise GatewayTargetFailed("the controller is powered off")
+        air, load, power = reading.air, reading.load, reading.power
         return {
             REG_MODEL: MODEL_CODE,
             REG_SERIAL_HIGH: self.serial_number >> 16,
@@ -291,6 +334,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--power-loss", type=_window, action="append", default=[], metavar="AT:DURATION",
         help="cut the controller's power at AT model seconds for DURATION (repeatable)",
     )  # fmt: skip
+
+
+def startup_note(options: Mapping[str, Any], time_scale: float) -> str:
+    """What the chamber does from the start, in model and in real time (printed by ``edge-daq simulate``)."""
+    chamber = WatlowF4(clock=ModelClock(time_scale=0), **options)
+    model_s = chamber.seconds_to_setpoint()
+    real_s = model_s / time_scale if time_scale else math.inf
+    shown = f"{real_s / 60:.1f} min" if real_s >= 60 else f"{real_s:.1f} s"
+    real = f"{shown} real time at --time-scale {time_scale:g}" if time_scale else "never: --time-scale 0 freezes it"
+    return (
+        f"chamber air {chamber.ambient:g} degC, set point {chamber.setpoint1:g} degC: within "
+        f"{SETPOINT_TOLERANCE:g} degC after {model_s / 60:.1f} model minutes ({real})"
+    )
 
 
 def _window(text: str) -> Window:

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import InfluxDBv1Server, MosquittoServer, TlsFiles, VictoriaMetricsServer, missing_binary
+from tests.servers import (
+    MOSQUITTO_USERS,
+    InfluxDBv1Server,
+    MosquittoServer,
+    TlsFiles,
+    VictoriaMetricsServer,
+    missing_binary,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,9 +37,6 @@ def victoria_metrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victo
         pytest.fail(problem, pytrace=False)
     with VictoriaMetricsServer(tmp_path_factory.mktemp("victoria-metrics")) as server:
         yield server
-
-
-MOSQUITTO_USERS = {"gw-test": "pw-SECRET-9d1e"}
 
 
 def _require_mosquitto() -> None:

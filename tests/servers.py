@@ -1,4 +1,4 @@
-"""Real servers for integration tests: InfluxDB 1.x (``influxd``), VictoriaMetrics and Mosquitto.
+"""Real servers for integration tests: InfluxDB 1.x (``influxd``), VictoriaMetrics, Mosquitto and a NATS cluster.
 
 Each runs as a child process on free loopback ports, with its data in a folder of its own, and is stopped with
 SIGTERM. ``start()`` and ``stop()`` block (they are meant for fixtures, or ``asyncio.to_thread`` in a test);
@@ -26,6 +26,8 @@ import aiohttp
 
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
+# The accounts of the ``mosquitto_auth`` fixture (user -> password).
+MOSQUITTO_USERS = {"gw-test": "pw-SECRET-9d1e"}
 
 
 class ServerBinaryMissingError(RuntimeError):
@@ -62,9 +64,14 @@ def wait_for_port(port: int, within: float = 10.0) -> None:
         time.sleep(0.05)
 
 
+def _which(name: str) -> str | None:
+    # Debian puts some servers (nats-server) in /usr/sbin, which is not on a normal user's PATH.
+    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", os.defpath), "/usr/sbin", "/sbin"]))
+
+
 def missing_binary(name: str, debian_package: str) -> str | None:
     """Why the server cannot run here, or None if its program is installed."""
-    if shutil.which(name) is not None:
+    if _which(name) is not None:
         return None
     return (
         f"{name!r} is not on PATH: install the Debian package {debian_package!r} "
@@ -75,7 +82,7 @@ def missing_binary(name: str, debian_package: str) -> str | None:
 def find_binary(name: str, debian_package: str) -> str:
     if problem := missing_binary(name, debian_package):
         raise ServerBinaryMissingError(problem)
-    path = shutil.which(name)
+    path = _which(name)
     assert path is not None
     return path
 
@@ -164,6 +171,13 @@ class _ServerProcess:
         try:
             process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: the server dies as in a power cut, without closing anything cleanly."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
             process.kill()
             process.wait()
 
@@ -442,3 +456,131 @@ class TlsFiles:
             "-out",
             str(self.server_cert),
         )
+
+
+class NatsNode(_ServerProcess):
+    """One node of a :class:`NatsCluster`: NATS clients on ``client_port``, MQTT on ``mqtt_port``, monitoring
+    (``/healthz``, ``/connz``) on ``port``. Its ports and JetStream store are kept across restarts."""
+
+    name = "nats-server"
+    debian_package = "nats-server"
+    health_path = "/healthz"
+
+    def __init__(self, root: Path, server_name: str, cluster: NatsCluster) -> None:
+        self.binary = find_binary(self.name, self.debian_package)
+        super().__init__(root)
+        self.server_name = server_name
+        self.cluster = cluster
+        self.client_port = self.cluster_port = self.mqtt_port = 0
+        self.config_path = root / "nats.conf"
+
+    def _choose_ports(self) -> None:
+        raise AssertionError("the cluster chooses its nodes' ports: routes must know them all before any start")
+
+    @property
+    def mqtt_address(self) -> str:
+        return f"127.0.0.1:{self.mqtt_port}"
+
+    def _command(self) -> list[str]:
+        routes = ", ".join(
+            f'"nats-route://127.0.0.1:{node.cluster_port}"' for node in self.cluster.nodes if node is not self
+        )
+        # MQTT needs JetStream (its sessions, retained messages and QoS 1 state live in streams) and a
+        # server_name; routes make the three nodes one cluster with one JetStream meta group.
+        self.config_path.write_text(
+            f"""\
+server_name: {self.server_name}
+listen: "127.0.0.1:{self.client_port}"
+http: "127.0.0.1:{self.port}"
+jetstream {{
+  store_dir: "{self.root / "jetstream"}"
+  max_memory_store: 64MB
+  max_file_store: 1GB
+}}
+cluster {{
+  name: "{self.cluster.name}"
+  listen: "127.0.0.1:{self.cluster_port}"
+  routes: [{routes}]
+}}
+mqtt {{
+  listen: "127.0.0.1:{self.mqtt_port}"
+  # The MQTT streams (sessions, retained messages) on all three nodes: the default counts the nodes known
+  # when the first client connects, which may be 2 (and an R2 stream stalls when either of its nodes dies).
+  stream_replicas: 3
+}}
+"""
+        )
+        return [self.binary, "-c", str(self.config_path)]
+
+    def _ready(self) -> bool:
+        # The node's own listeners. /healthz also wants a JetStream meta leader, which needs a quorum of the
+        # cluster: the first node cannot have one alone (NatsCluster.wait_healthy waits for it).
+        return listening(self.mqtt_port) and listening(self.client_port)
+
+    def healthy(self) -> bool:
+        """Whether the node is current with the cluster's JetStream (meta leader, its streams caught up)."""
+        return self.running and self._health_status() == 200
+
+    def mqtt_clients(self) -> list[str]:
+        """The client ids of the MQTT connections to this node (from its /connz)."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/connz?limit=1024", timeout=1) as response:
+                document = json.load(response)
+        except OSError:
+            return []
+        return [str(conn["mqtt_client"]) for conn in document.get("connections") or () if conn.get("mqtt_client")]
+
+
+class NatsCluster:
+    """Three ``nats-server`` nodes on free loopback ports, routed into one cluster, each with JetStream (a store
+    folder of its own) and an MQTT listener. ``start()``/``stop()`` the whole; ``nodes[i].kill()`` and
+    ``nodes[i].start()`` one node (it keeps its ports and store); :meth:`wait_healthy` until all that run are
+    current. A JetStream stream of R replicas needs a quorum (2 of 3 for R3) to accept messages.
+    """
+
+    def __init__(self, root: Path, size: int = 3, name: str = "edge-daq-test") -> None:
+        self.name = name
+        self.nodes = [NatsNode(root / f"n{index + 1}", f"n{index + 1}", self) for index in range(size)]
+
+    @property
+    def client_urls(self) -> list[str]:
+        return [f"nats://127.0.0.1:{node.client_port}" for node in self.nodes]
+
+    @property
+    def mqtt_addresses(self) -> list[str]:
+        return [node.mqtt_address for node in self.nodes]
+
+    def start(self) -> None:
+        for attempt in range(3):
+            ports = free_ports(4 * len(self.nodes))
+            for index, node in enumerate(self.nodes):
+                node.port, node.client_port, node.cluster_port, node.mqtt_port = ports[4 * index : 4 * index + 4]
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_healthy()
+                return
+            except (RuntimeError, TimeoutError):  # most likely a port taken in the meantime
+                self.stop()
+                if attempt == 2:
+                    raise
+
+    def wait_healthy(self, within: float = STARTUP_TIMEOUT) -> None:
+        """Block until every running node reports healthy (a meta leader, its streams current)."""
+        deadline = time.monotonic() + within
+        while not all(node.healthy() for node in self.nodes if node.running):
+            if time.monotonic() > deadline:
+                tails = "\n".join(f"{node.server_name}:\n{node._log_tail()}" for node in self.nodes)
+                raise TimeoutError(f"the NATS cluster is not healthy after {within:g} s:\n{tails}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -1,22 +1,37 @@
-"""The on-disk format of the spool: append-only segment files of checksummed frames.
+"""The on-disk format of the spool (version 2): append-only segment files of checksummed frames.
 
-A segment file is a header followed by frames::
+A segment file ``<id, 16 digits>.seg`` is a header followed by frames; all integers little-endian::
 
-    header   "EDQSPOOL" | u16 version | u16 reserved | u64 segment id | i64 created (wall ns) | u32 crc32
-    frame    "\\xedQ" | u8 kind | u32 payload length | u32 crc32(kind, length, payload) | payload
+    header v2  "EDQSPOOL" | u16 version=2 | u16 0 | u64 segment id | i64 created (wall ns) | u64 base | u32 crc32
+    frame      "\\xedQ" | u8 kind | u32 payload length | u32 crc32(kind, length, payload) | payload
 
-Frame kinds:
+``base`` is the spool-wide number of the segment's first record: numbers run on across segments and restarts,
+so the records a missing or truncated segment held are known exactly from its neighbours.
 
-- ``SERIES``: ``u32 series id`` + marshal of ``(measurement, tags)``. Written once per series per segment,
-  before its first record, so every segment decodes on its own and a deleted segment takes nothing with it.
-- ``RECORD``: ``u32 series id | i64 time ns`` + marshal of the fields dict (marshal keeps bool, int, float and
-  str apart and is implemented in C; the checksum, not marshal, is what guards against corruption).
-- ``SEAL``: ``u64 records | i64 first time ns | i64 last time ns``: the last frame of a finished segment, so
-  that opening the spool reads one small trailer per segment instead of scanning it.
+Frame kinds of version 2 (payloads are msgpack, https://msgpack.org, which keeps bool, int, float and str apart
+and belongs to no interpreter version):
 
-The two sync bytes let a reader find the next frame after a corrupt one (a damaged length cannot derail it):
-it searches forward for a sync word whose frame checksums. Everything here is synchronous file I/O: the spool
-calls it from worker threads.
+- ``SERIES`` (4): ``u32 series id`` + msgpack ``[measurement, {tag: value}]``.
+- ``KEYS`` (7): ``u32 keys id`` + msgpack ``[field name, ...]``: the field names of records, in order.
+- ``RECORD`` (5): ``u32 series id | u32 keys id | u32 index in segment | i64 time ns`` + msgpack
+  ``[value, ...]``, one value per name of its ``KEYS``. The index makes every lost record countable: a gap in
+  the indices is a number of records. (Names once per segment, values per record: smaller, and faster to
+  encode and decode than marshal's dicts.)
+
+A series or keys definition is written before its first record in a segment and again after every
+``SERIES_REPEAT`` records, so one damaged definition costs at most the records that need it up to the next one.
+Ids mean something only inside a segment (the latest definition of an id before a record is the one it uses).
+- ``SEAL`` (6): ``u64 records | i64 first time ns | i64 last time ns | u64 base``: the last frame of a finished
+  segment, so that opening the spool reads one small trailer per segment instead of scanning it (and a damaged
+  header costs nothing: the id is in the file name, the base in the seal).
+
+Version 1 (the release before, read for the upgrade, never written): a 32-byte header without ``base``, kinds
+1, 2, 3 with ``marshal`` payloads, a record frame without index, a seal without base.
+
+The frame kinds differ between versions, so every frame says how to decode it, whatever the header says. The
+two sync bytes let a reader find the next frame after damage (a damaged length cannot derail it): it searches
+forward for a sync word whose frame checksums. Everything here is synchronous file I/O: the spool calls it from
+worker threads.
 """
 
 from __future__ import annotations
@@ -28,14 +43,18 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from edge_daq.record import FieldValue, Record, Series
+import msgpack
+
+from edge_daq.record import Record, Series
 
 MAGIC = b"EDQSPOOL"
-VERSION = 1
-_HEADER = struct.Struct("<8sHHQq")
+VERSION = 2
 _CRC = struct.Struct("<I")
+_HEADER_V1 = struct.Struct("<8sHHQq")
+_HEADER = struct.Struct("<8sHHQqQ")
+HEADER_V1_SIZE = _HEADER_V1.size + _CRC.size
 HEADER_SIZE = _HEADER.size + _CRC.size
 
 SYNC = b"\xedQ"
@@ -43,11 +62,22 @@ _FRAME = struct.Struct("<2sBI")
 FRAME_OVERHEAD = _FRAME.size + _CRC.size
 MAX_PAYLOAD = 16 << 20  # far above any real record; a larger length is damage
 
-SERIES, RECORD, SEAL = 1, 2, 3
-_KINDS = frozenset((SERIES, RECORD, SEAL))
+SERIES_V1, RECORD_V1, SEAL_V1 = 1, 2, 3
+SERIES, RECORD, SEAL, KEYS = 4, 5, 6, 7
+RECORD_KINDS = frozenset((RECORD, RECORD_V1))
+DEFINITION_KINDS = frozenset((SERIES, SERIES_V1, KEYS))
+_KINDS = frozenset((SERIES_V1, RECORD_V1, SEAL_V1, SERIES, RECORD, SEAL, KEYS))
+MAX_KEY_SETS = 10_000
+"""Distinct field-name sets the encoder numbers before it starts afresh (points that fail make subsets)."""
+SERIES_REPEAT = 1000
+"""Records between two definitions of every series in use: what one damaged definition can cost at most."""
+
 _SERIES_ID = struct.Struct("<I")
-_RECORD_HEAD = struct.Struct("<Iq")
-_SEAL = struct.Struct("<Qqq")
+_RECORD_HEAD_V1 = struct.Struct("<Iq")
+_RECORD_HEAD = struct.Struct("<IIIq")
+_SEAL_V1 = struct.Struct("<Qqq")
+_SEAL = struct.Struct("<QqqQ")
+SEAL_V1_FRAME_SIZE = FRAME_OVERHEAD + _SEAL_V1.size
 SEAL_FRAME_SIZE = FRAME_OVERHEAD + _SEAL.size
 
 SEGMENT_SUFFIX = ".seg"
@@ -58,23 +88,42 @@ def segment_name(segment_id: int) -> str:
     return f"{segment_id:016d}{SEGMENT_SUFFIX}"
 
 
-def encode_header(segment_id: int, created_ns: int) -> bytes:
-    head = _HEADER.pack(MAGIC, VERSION, 0, segment_id, created_ns)
+def segment_id_of(path: Path) -> int | None:
+    stem = path.name.removesuffix(SEGMENT_SUFFIX)
+    return int(stem) if stem.isdigit() and path.name.endswith(SEGMENT_SUFFIX) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    segment_id: int
+    created_ns: int
+    base: int | None
+    """Spool-wide number of the first record (None in version 1)."""
+
+    @property
+    def size(self) -> int:
+        return HEADER_SIZE if self.version == VERSION else HEADER_V1_SIZE
+
+
+def encode_header(segment_id: int, created_ns: int, base: int = 0) -> bytes:
+    head = _HEADER.pack(MAGIC, VERSION, 0, segment_id, created_ns, base)
     return head + _CRC.pack(zlib.crc32(head))
 
 
-def decode_header(data: bytes) -> tuple[int, int] | None:
-    """``(segment id, created ns)``, or None if the header is damaged or of another format."""
-    if len(data) < HEADER_SIZE:
-        return None
-    head = data[: _HEADER.size]
-    (crc,) = _CRC.unpack_from(data, _HEADER.size)
-    if zlib.crc32(head) != crc:
-        return None
-    magic, version, _, segment_id, created_ns = _HEADER.unpack(head)
-    if magic != MAGIC or version != VERSION:
-        return None
-    return segment_id, created_ns
+def decode_header(data: bytes) -> Header | None:
+    """The header of a version 2 or version 1 segment, or None if it is damaged or of another format."""
+    for layout, version in ((_HEADER, VERSION), (_HEADER_V1, 1)):
+        if len(data) < layout.size + _CRC.size:
+            continue
+        head = data[: layout.size]
+        if zlib.crc32(head) != _CRC.unpack_from(data, layout.size)[0]:
+            continue
+        values = layout.unpack(head)
+        if values[0] != MAGIC or values[1] != version:
+            continue
+        return Header(version, values[3], values[4], values[5] if version == VERSION else None)
+    return None
 
 
 def encode_frame(kind: int, payload: bytes) -> bytes:
@@ -82,43 +131,88 @@ def encode_frame(kind: int, payload: bytes) -> bytes:
     return head + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))) + payload
 
 
-def encode_seal(records: int, first_time_ns: int, last_time_ns: int) -> bytes:
-    return encode_frame(SEAL, _SEAL.pack(records, first_time_ns, last_time_ns))
+@dataclass(frozen=True, slots=True)
+class Seal:
+    records: int
+    first_time_ns: int
+    last_time_ns: int
+    base: int | None
 
 
-def decode_seal(data: bytes) -> tuple[int, int, int] | None:
-    """The trailer's ``(records, first time, last time)`` from a segment's last bytes, if it is a valid seal."""
-    if len(data) != SEAL_FRAME_SIZE:
-        return None
-    frames = FrameScan(data)
-    frame = frames.next_frame()
-    if frame is None or frame[0] != SEAL or frames.corrupt_regions or frames.position != len(data):
-        return None
-    values: tuple[int, int, int] = _SEAL.unpack(frame[1])
-    return values
+def encode_seal(records: int, first_time_ns: int, last_time_ns: int, base: int) -> bytes:
+    return encode_frame(SEAL, _SEAL.pack(records, first_time_ns, last_time_ns, base))
+
+
+def encode_seal_v1(records: int, first_time_ns: int, last_time_ns: int) -> bytes:
+    """Only to seal again a version 1 segment repaired at start (its records have no spool-wide number)."""
+    return encode_frame(SEAL_V1, _SEAL_V1.pack(records, first_time_ns, last_time_ns))
+
+
+def decode_seal(tail: bytes) -> Seal | None:
+    """The seal that ends ``tail`` (a segment's last ``SEAL_FRAME_SIZE`` bytes or fewer), if there is a valid one."""
+    for size, kind in ((SEAL_FRAME_SIZE, SEAL), (SEAL_V1_FRAME_SIZE, SEAL_V1)):
+        if len(tail) < size:
+            continue
+        frames = FrameScan(tail[-size:])
+        frame = frames.next_frame()
+        if frame is None or frame[0] != kind or frames.corrupt_regions or frames.position != size:
+            continue
+        if kind == SEAL:
+            records, first, last, base = _SEAL.unpack(frame[1])
+            return Seal(records, first, last, base)
+        records, first, last = _SEAL_V1.unpack(frame[1])
+        return Seal(records, first, last, None)
+    return None
 
 
 class SeriesEncoder:
-    """Frames records, defining each series once per segment; call :meth:`new_segment` on rotation."""
+    """Frames records; call :meth:`new_segment` on rotation (each segment decodes on its own)."""
 
     def __init__(self) -> None:
         self._ids: dict[str, int] = {}
+        self._key_ids: dict[tuple[str, ...], int] = {}
         self._defined: set[int] = set()
+        self._defined_keys: set[int] = set()
+        self._since_definitions = 0
+        self._packer = msgpack.Packer()
 
     def new_segment(self) -> None:
         self._defined = set()
+        self._defined_keys = set()
+        self._since_definitions = 0
 
-    def encode(self, record: Record, out: list[bytes]) -> None:
+    def encode(self, record: Record, index: int, out: list[bytes]) -> None:
+        """Append the frames of ``record``, the ``index``-th of its segment; raises ValueError if unencodable."""
         series = record.series
+        fields = record.fields
         series_id = self._ids.get(series.line_prefix)
         if series_id is None:
             series_id = self._ids[series.line_prefix] = len(self._ids)
-        if series_id not in self._defined:
-            self._defined.add(series_id)
-            definition = marshal.dumps((series.measurement, dict(series.tags)))
-            out.append(encode_frame(SERIES, _SERIES_ID.pack(series_id) + definition))
-        payload = _RECORD_HEAD.pack(series_id, record.time_ns) + marshal.dumps(record.fields)
-        out.append(encode_frame(RECORD, payload))
+        names = tuple(fields)
+        keys_id = self._key_ids.get(names)
+        if keys_id is None:
+            if len(self._key_ids) >= MAX_KEY_SETS:
+                self._key_ids.clear()  # ids are reused from here on, each defined again before its next use
+                self._defined_keys = set()
+            keys_id = self._key_ids[names] = len(self._key_ids)
+        self._since_definitions += 1
+        if self._since_definitions > SERIES_REPEAT:
+            self._defined.clear()
+            self._defined_keys.clear()
+            self._since_definitions = 1
+        try:
+            values = self._packer.pack(list(fields.values()))
+            if series_id not in self._defined:
+                definition = self._packer.pack([series.measurement, dict(series.tags)])
+                out.append(encode_frame(SERIES, _SERIES_ID.pack(series_id) + definition))
+                self._defined.add(series_id)
+            if keys_id not in self._defined_keys:
+                out.append(encode_frame(KEYS, _SERIES_ID.pack(keys_id) + self._packer.pack(names)))
+                self._defined_keys.add(keys_id)
+        except (OverflowError, TypeError) as error:  # an int beyond 64 bits, or a value of no field type
+            self._packer.reset()
+            raise ValueError(f"record not encodable: {error}") from error
+        out.append(encode_frame(RECORD, _RECORD_HEAD.pack(series_id, keys_id, index, record.time_ns) + values))
 
 
 class FrameScan:
@@ -230,31 +324,61 @@ class FrameReader:
             carry = data[scan.position :]
 
 
+def record_index(kind: int, payload: bytes) -> int | None:
+    """The index in its segment that a version 2 record frame carries (None for version 1)."""
+    return _RECORD_HEAD.unpack_from(payload)[2] if kind == RECORD else None
+
+
+def record_time(kind: int, payload: bytes) -> int:
+    head = _RECORD_HEAD if kind == RECORD else _RECORD_HEAD_V1
+    time_ns: int = head.unpack_from(payload)[-1]
+    return time_ns
+
+
 @dataclass(slots=True)
 class ScanResult:
-    """What a full scan of a segment found (used on start for a segment without a valid seal)."""
+    """What a full scan of a segment found (on start, for a segment without a valid seal or header)."""
 
+    data_start: int
+    """Where the first frame is (the header's end, or the first valid frame after a damaged header)."""
     valid_end: int
     records: int = 0
+    """Record frames that checksum."""
+    next_index: int = 0
+    """One past the highest record index seen: the records the segment held up to its last valid frame."""
     first_time_ns: int = 0
     last_time_ns: int = 0
-    corrupt_regions: int = 0
+    seal: Seal | None = None
+    version: int = VERSION
+    """Of the record frames found (what matters when the header is damaged)."""
 
 
-def scan_segment(path: Path) -> ScanResult:
-    """Checksum every frame of a segment; ``valid_end`` is the end of its last valid frame."""
-    result = ScanResult(valid_end=HEADER_SIZE)
+def scan_segment(path: Path, data_start: int | None = None) -> ScanResult:
+    """Checksum every frame; ``valid_end`` is the end of the last valid frame (a seal ends the scan).
+
+    With ``data_start`` None the header is taken as damaged and frames are searched from the first byte.
+    """
+    result = ScanResult(data_start=data_start if data_start is not None else 0, valid_end=data_start or 0)
     with path.open("rb") as file:
-        frames = FrameReader(file, HEADER_SIZE, os.fstat(file.fileno()).st_size, chunk_bytes=4 << 20)
+        start = result.data_start
+        frames = FrameReader(file, start, os.fstat(file.fileno()).st_size, chunk_bytes=4 << 20)
         for kind, payload, end in frames:
-            if kind == RECORD:
-                time_ns = _RECORD_HEAD.unpack_from(payload)[1]
+            if data_start is None and result.valid_end == 0:
+                result.data_start = end - FRAME_OVERHEAD - len(payload)
+            if kind in RECORD_KINDS:
+                time_ns = record_time(kind, payload)
                 if result.records == 0:
                     result.first_time_ns = time_ns
                 result.last_time_ns = time_ns
                 result.records += 1
+                index = record_index(kind, payload)
+                result.version = VERSION if index is not None else 1
+                result.next_index = max(result.next_index + (index is None), (index or 0) + 1)
+            elif kind in (SEAL, SEAL_V1):
+                result.seal = decode_seal(encode_frame(kind, payload))
             result.valid_end = end
-        result.corrupt_regions = frames.corrupt_regions
+        if result.valid_end == 0:
+            result.data_start = result.valid_end = HEADER_SIZE if data_start is None else data_start
     return result
 
 
@@ -264,11 +388,14 @@ class DecodedChunk:
 
     records: list[Record] = field(default_factory=list)
     ends: list[int] = field(default_factory=list)
+    indices: list[int] = field(default_factory=list)
     end: int = 0
     """Where the next read starts."""
+    next_index: int = 0
+    """The index of the next record after ``end``."""
+    missing: int = 0
+    """Records before ``next_index`` that this read could not give back (damaged frames or definitions)."""
     corrupt_regions: int = 0
-    undecodable: int = 0
-    """Records that checksummed but could not be decoded (their series definition was damaged)."""
 
 
 SeriesInterner = Callable[[str, dict[str, str]], Series]
@@ -283,56 +410,129 @@ def read_records(
     max_bytes: int,
     series: dict[int, Series],
     intern: SeriesInterner,
+    keys: dict[int, tuple[str, ...]] | None = None,
+    start_index: int = 0,
+    data_start: int = HEADER_SIZE,
 ) -> DecodedChunk:
     """Decode up to ``max_records`` records from ``[start, stop)``; ``series`` is the segment's series table.
 
+    ``keys`` is the segment's table of field names (kept by a reader across reads, like ``series``).
+    ``start_index`` is the index of the first record at ``start``. A version 2 record carries its index, so
+    records skipped by damage are counted exactly in ``missing``; in version 1 only the seal can tell.
     Raises FileNotFoundError if the segment was deleted meanwhile.
     """
-    chunk = DecodedChunk(end=start)
+    chunk = DecodedChunk(end=start, next_index=start_index)
+    expected = start_index
+    keys = {} if keys is None else keys
     with path.open("rb") as file:
-        if start > HEADER_SIZE and not series:
-            # A reader resuming in the middle of a segment needs the series defined before its position.
-            for kind, payload, _ in FrameReader(file, HEADER_SIZE, start, chunk_bytes=max_bytes):
-                if kind == SERIES:
-                    _define_series(payload, series, intern)
+        if start > data_start and not series:
+            # A reader resuming in the middle of a segment needs the definitions made before its position.
+            for kind, payload, _ in FrameReader(file, data_start, start, chunk_bytes=max_bytes):
+                if kind in DEFINITION_KINDS:
+                    _define(kind, payload, series, keys, intern)
         frames = FrameReader(file, start, stop, chunk_bytes=max_bytes)
         for kind, payload, end in frames:
             chunk.end = end
-            if kind == SERIES:
-                _define_series(payload, series, intern)
-            elif kind == RECORD:
-                series_id, time_ns = _RECORD_HEAD.unpack_from(payload)
-                known = series.get(series_id)
-                fields = _load_fields(payload)
-                if known is None or fields is None:
-                    chunk.undecodable += 1
-                    continue
-                chunk.records.append(Record(known, fields, time_ns))
-                chunk.ends.append(end)
-                if len(chunk.records) >= max_records:
-                    break
+            if kind in DEFINITION_KINDS:
+                _define(kind, payload, series, keys, intern)
+                continue
+            if kind not in RECORD_KINDS:
+                continue
+            if kind == RECORD:
+                series_id, keys_id, index, time_ns = _RECORD_HEAD.unpack_from(payload)
+                fields = _fields(keys.get(keys_id), _load(payload, _RECORD_HEAD.size, msgpack_payload=True))
+            else:
+                series_id, time_ns = _RECORD_HEAD_V1.unpack_from(payload)
+                index = expected
+                fields = _load(payload, _RECORD_HEAD_V1.size, msgpack_payload=False)
+            if index < expected:
+                continue  # never give a record back twice
+            chunk.missing += index - expected
+            expected = index + 1
+            chunk.next_index = expected
+            known = series.get(series_id)
+            if known is None or not isinstance(fields, dict):
+                chunk.missing += 1
+                continue
+            chunk.records.append(Record(known, fields, time_ns))
+            chunk.ends.append(end)
+            chunk.indices.append(index)
+            if len(chunk.records) >= max_records:
+                break
         else:
             chunk.end = stop  # everything up to stop was read, damage at the end included
         chunk.corrupt_regions = frames.corrupt_regions
     return chunk
 
 
-def _load_fields(payload: bytes) -> dict[str, FieldValue] | None:
+def first_record_index(path: Path, offset: int, stop: int) -> int | None:
+    """The index carried by the first record frame at or after ``offset`` (version 2), or None.
+
+    The frame at ``offset`` itself must be whole and valid: a cursor must stand on a frame boundary.
+    """
+    with path.open("rb") as file:
+        file.seek(offset)
+        data = file.read(min(stop - offset, 256 << 10))
+    scan = FrameScan(data, final=True)
+    while (frame := scan.next_frame()) is not None:
+        if scan.corrupt_regions:
+            return None
+        kind, payload = frame
+        if kind in RECORD_KINDS:
+            return record_index(kind, payload)
+        if kind in (SEAL, SEAL_V1):
+            return None
+    return None
+
+
+def at_seal(path: Path, offset: int, stop: int) -> bool:
+    """Whether a valid seal frame starts at ``offset``."""
+    with path.open("rb") as file:
+        file.seek(offset)
+        data = file.read(min(stop - offset, SEAL_FRAME_SIZE))
+    frame = FrameScan(data).next_frame()
+    return frame is not None and frame[0] in (SEAL, SEAL_V1)
+
+
+def count_records(path: Path, data_start: int, offset: int) -> int | None:
+    """Record frames in ``[data_start, offset)``, or None if ``offset`` is not the end of a valid frame."""
+    count, last_end = 0, data_start
+    with path.open("rb") as file:
+        for kind, _, end in FrameReader(file, data_start, offset):
+            count += kind in RECORD_KINDS
+            last_end = end
+    return count if last_end == offset else None
+
+
+def _load(payload: bytes, start: int, *, msgpack_payload: bool) -> Any:
     try:
-        fields = marshal.loads(payload[_RECORD_HEAD.size :])
-    except (ValueError, EOFError, TypeError):
+        if msgpack_payload:
+            return msgpack.unpackb(payload[start:])
+        return marshal.loads(payload[start:])
+    except (ValueError, EOFError, TypeError, msgpack.UnpackException):
         return None
-    return fields if isinstance(fields, dict) else None
 
 
-def _define_series(payload: bytes, series: dict[int, Series], intern: SeriesInterner) -> None:
-    (series_id,) = _SERIES_ID.unpack_from(payload)
-    try:
-        measurement, tags = marshal.loads(payload[_SERIES_ID.size :])
-    except (ValueError, EOFError, TypeError):
+def _fields(names: tuple[str, ...] | None, values: Any) -> dict[str, Any] | None:
+    if names is None or not isinstance(values, list) or len(values) != len(names):
+        return None
+    return dict(zip(names, values, strict=True))
+
+
+def _define(
+    kind: int, payload: bytes, series: dict[int, Series], keys: dict[int, tuple[str, ...]], intern: SeriesInterner
+) -> None:
+    (definition_id,) = _SERIES_ID.unpack_from(payload)
+    definition = _load(payload, _SERIES_ID.size, msgpack_payload=kind != SERIES_V1)
+    if kind == KEYS:
+        if isinstance(definition, list) and all(isinstance(name, str) for name in definition):
+            keys[definition_id] = tuple(definition)
         return
+    if not isinstance(definition, list | tuple) or len(definition) != 2:
+        return
+    measurement, tags = definition
     if isinstance(measurement, str) and isinstance(tags, dict):
-        series[series_id] = intern(measurement, tags)
+        series[definition_id] = intern(measurement, tags)
 
 
 def write_all(fd: int, chunks: Iterable[bytes]) -> int:

@@ -48,7 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     from edge_daq.cli import test_cmd
 
     test_cmd.add_test_arguments(
-        commands.add_parser("test", help="start, pause, resume or stop a test on the running daemon; remove a DUT")
+        commands.add_parser(
+            "test", help="start, pause, resume or stop a test on the running daemon; remove a DUT; readouts"
+        )
     )
     test_cmd.add_note_arguments(commands.add_parser("note", help="record an operator note as an event of a rig"))
     life_cli.add_arguments(commands.add_parser("life", help="write a rig's life table (one row per DUT) as CSV"))
@@ -56,8 +58,20 @@ def _parser() -> argparse.ArgumentParser:
         commands.add_parser("report", help="Weibull fit, FIT rate and probability plot of a rig's life data")
     )
 
+    from edge_daq.cli import write as write_cli
+
+    write_cli.add_arguments(commands.add_parser("write", help="write one instrument point through the daemon"))
+
+    from edge_daq.cli import schema_cmd
+
+    schema_cmd.add_arguments(
+        commands.add_parser("schema", help="print the JSON Schema of the gateway file, rig files or profiles")
+    )
+
     # Listed for --help only: main() hands `simulate ...` to the simulators' own parser.
-    commands.add_parser("simulate", help="run a simulated instrument (see `edge-daq simulate --list`)")
+    commands.add_parser(
+        "simulate", help="run a simulated instrument: Modbus TCP/RTU, SCPI over TCP or serial (`--list-all`)"
+    )
 
     demo = commands.add_parser("demo", help="simulated HTOL rig -> daemon -> local files, with a live table")
     demo.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: Ctrl-C)")
@@ -97,6 +111,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.command == "life":
                 return life_cli.run_life(args, sys.stdout)
             return report_cli.run_report(args, sys.stdout)
+        if args.command == "write":
+            from edge_daq.cli.write import run_write
+
+            return run_write(args, sys.stdout)
         if args.command == "probe":
             from edge_daq.cli.probe import run_probe
 
@@ -105,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from edge_daq.cli.status import status_command
 
             return status_command(url=args.url, config=args.config, out=sys.stdout)
+        if args.command == "schema":
+            from edge_daq.cli.schema_cmd import run_schema
+
+            return run_schema(args, sys.stdout, sys.stderr)
         if args.command == "demo":
             from edge_daq.cli.demo import run_demo
 

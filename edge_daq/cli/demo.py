@@ -28,6 +28,8 @@ from edge_daq.errors import ConfigError
 from edge_daq.logs import configure_logging
 from edge_daq.record import FieldValue, Record
 from edge_daq.scheduling import STATUS_MEASUREMENT
+from edge_daq.service import split_listen
+from edge_daq.service.lifecycle import http_endpoint
 from edge_daq.sinks.file import FileOutputConfig
 
 # Profiles whose instruments the demo can simulate, and the simulator kind for each.
@@ -49,7 +51,7 @@ def run_demo(*, config: Path | None, out: Path, duration: float | None, live: bo
     # under reliability test (stress time, DUT states, the event journal).
     gateway = loaded.gateway.model_copy(
         update={
-            "outputs": OutputsConfig(file=FileOutputConfig(dir=out.resolve())),
+            "outputs": OutputsConfig({"file": FileOutputConfig(dir=out.resolve())}),
             "state_dir": out.resolve() / "state",
         }
     )
@@ -90,18 +92,36 @@ async def _demo(config: LoadedConfig, out: Path, duration: float | None, live: b
             console.print(f"simulated {kind} on {host}:{port} (units {', '.join(map(str, sorted(units)))})")
         daemon = Daemon(config)
         view = LatestValues(daemon.ring.reader("demo-view"))
+        endpoint, feed = http_endpoint(daemon, listen=config.gateway.http.listen, token=None)
+        try:
+            await endpoint.__aenter__()
+        except OSError:  # a daemon already serves the configured address: any free port will do
+            endpoint, feed = http_endpoint(daemon, listen=_any_port(config.gateway.http.listen), token=None)
+            await endpoint.__aenter__()
+        stack.push_async_callback(endpoint.__aexit__, None, None, None)
+        console.print(f"status page: {endpoint.url}/  (read-only)")
         console.print(f"writing line protocol to {out}/  (Ctrl-C stops)")
         async with asyncio.TaskGroup() as group:
             run = group.create_task(daemon.run(stop), name="daemon")
+            page = group.create_task(endpoint.serve_forever(), name="demo http")
+            page_feed = group.create_task(feed.run(), name="demo status page")
             group.create_task(view.follow(stop), name="demo view")
             group.create_task(_show(view, daemon, stop, live, console), name="demo display")
             if duration is not None:
                 group.create_task(_stop_after(duration, stop), name="demo timer")
+            await run
+            page.cancel()
+            page_feed.cancel()
         report = run.result()
     delivered = sum(stats.delivered for stats in daemon.stats.outputs)
     console.print(f"{delivered} records written to {out}/")
     console.print(f"import them with: influx write --bucket BUCKET --precision ns --file {out}/<file>.lp")
     return 0 if report.complete else 1
+
+
+def _any_port(listen: str) -> str:
+    host, _ = split_listen(listen)
+    return f"[{host}]:0" if ":" in host else f"{host}:0"
 
 
 async def _stop_after(seconds: float, stop: asyncio.Event) -> None:
@@ -116,6 +136,9 @@ class LatestValues:
     def __init__(self, reader: RingReader) -> None:
         self.reader = reader
         self.latest: dict[tuple[str, str], Record] = {}
+        """The instrument's own points (a board's temperature and bias, not a socket's)."""
+        self.sockets: dict[tuple[str, str], dict[int, Record]] = {}
+        """Per instrument with channels: the latest record of each socket."""
         self.status: dict[tuple[str, str], Record] = {}
         self.records = 0
 
@@ -124,19 +147,34 @@ class LatestValues:
             await self.reader.wait(1, max_wait=0.5)
             batch = self.reader.read(10_000)
             for record in batch.records:
-                if "instrument" not in record.tags:
-                    continue  # rig and gateway events: the reliability table shows their effect
-                key = (record.tags["rig"], record.tags["instrument"])
-                target = self.status if record.measurement == STATUS_MEASUREMENT else self.latest
-                target[key] = record
+                self.file(record)
             self.records += len(batch.records)
             self.reader.commit(batch)
+
+    def file(self, record: Record) -> None:
+        if "instrument" not in record.tags:
+            return  # rig and gateway events: the reliability table shows their effect
+        key = (record.tags["rig"], record.tags["instrument"])
+        socket = record.tags.get("socket", "")
+        if socket.isdigit():
+            self.sockets.setdefault(key, {})[int(socket)] = record
+            return
+        target = self.status if record.measurement == STATUS_MEASUREMENT else self.latest
+        target[key] = record
 
 
 def _format(value: FieldValue) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _values(record: Record) -> str:
+    shown = list(record.fields.items())[:SHOWN_FIELDS]
+    values = "  ".join(f"{name}={_format(value)}" for name, value in shown)
+    if len(record.fields) > SHOWN_FIELDS:
+        values += f"  (+{len(record.fields) - SHOWN_FIELDS} more)"
+    return values
 
 
 def _table(view: LatestValues, daemon: Daemon) -> Group:
@@ -148,15 +186,19 @@ def _table(view: LatestValues, daemon: Daemon) -> Group:
         key = (stats.rig, stats.instrument)
         record = view.latest.get(key)
         state = Text("up", style="green") if stats.up else Text(stats.last_error or "waiting", style="red")
-        if record is None:
-            table.add_row(stats.rig, stats.instrument, state, str(stats.polls), "-", "")
-            continue
-        shown = list(record.fields.items())[:SHOWN_FIELDS]
-        values = "  ".join(f"{name}={_format(value)}" for name, value in shown)
-        if len(record.fields) > SHOWN_FIELDS:
-            values += f"  (+{len(record.fields) - SHOWN_FIELDS} more)"
-        age = f"{(now - record.time_ns) / 1e9:.1f}s"
+        age = "-" if record is None else f"{(now - record.time_ns) / 1e9:.1f}s"
+        values = "" if record is None else _values(record)
         table.add_row(stats.rig, stats.instrument, state, str(stats.polls), age, values)
+        sockets = view.sockets.get(key)
+        if sockets:
+            # One socket stands for the board here (the page shows them all): the first, named, with its DUT.
+            socket = min(sockets)
+            shown = sockets[socket]
+            dut = shown.tags.get("dut")
+            name = f"  socket {socket}" + (f" ({dut})" if dut else "")
+            table.add_row(
+                "", name, Text(f"1 of {len(sockets)}"), "", f"{(now - shown.time_ns) / 1e9:.1f}s", _values(shown)
+            )
     outputs = "  ".join(
         f"{stats.output}: {stats.delivered} delivered, {stats.retries} retries" for stats in daemon.stats.outputs
     )

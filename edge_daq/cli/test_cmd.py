@@ -7,6 +7,8 @@ Usage::
     edge-daq test pause htol-07          # resume, stop
     edge-daq test remove htol-07 --dut U0007 --reason "cracked package"
     edge-daq test status htol-07
+    edge-daq test readout start htol-07  # the DUTs leave the chamber for the ATE: stress is held
+    edge-daq test readout end htol-07 --results lot7-168h.stdf   # or a CSV of serial,result,bin
     edge-daq note htol-07 "board 3 reseated"
 """
 
@@ -17,12 +19,18 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import TYPE_CHECKING, Any, TextIO, get_args
 
 from edge_daq.reliability.config import TestKind
 
+if TYPE_CHECKING:
+    from edge_daq.reliability.state import RigState
+
 DEFAULT_CONFIG = Path("/etc/edge-daq/edge-daq.yaml")
-ACTIONS = ("start", "pause", "resume", "stop", "remove", "status")
+ACTIONS = ("start", "pause", "resume", "stop", "remove", "status", "readout")
+READOUT_PHASES = ("start", "end")
+READOUT_TIMEOUT = 300.0
+"""Seconds the daemon may take to read a results file (a large STDF) and apply it."""
 
 
 def add_state_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,17 +47,20 @@ def state_dir_of(args: argparse.Namespace) -> Path:
     return load_config(args.config or DEFAULT_CONFIG).gateway.state_path
 
 
-def rig_state(args: argparse.Namespace, command: str) -> dict[str, Any] | int:
+def rig_state(args: argparse.Namespace, command: str) -> RigState | int:
     """The saved reliability state of ``args.rig``, or the exit status after printing why there is none."""
     from edge_daq.errors import ConfigError
-    from edge_daq.reliability.journal import read_state
+    from edge_daq.reliability.state import load_state
 
     try:
-        state = read_state(state_dir_of(args), args.rig)
+        state = load_state(state_dir_of(args), args.rig)
     except ConfigError as error:
         for issue in error.issues:
             print(issue, file=sys.stderr)
         return 2
+    except (OSError, ValueError) as error:  # unreadable, or not a state this release knows
+        print(f"edge-daq {command}: {error}", file=sys.stderr)
+        return 1
     if state is None:
         print(f"edge-daq {command}: no reliability state for rig {args.rig!r}", file=sys.stderr)
         return 1
@@ -58,11 +69,16 @@ def rig_state(args: argparse.Namespace, command: str) -> dict[str, Any] | int:
 
 def add_test_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("action", choices=ACTIONS)
-    parser.add_argument("rig")
+    parser.add_argument("rig", help="the rig (readout: start or end, then the rig)")
+    parser.add_argument("readout_rig", nargs="?", default=None, metavar="RIG", help=argparse.SUPPRESS)
     parser.add_argument("--id", dest="test_id", help="test id (start)")
     parser.add_argument("--kind", choices=get_args(TestKind), default="custom", help="test kind (start)")
     parser.add_argument("--dut", help="DUT serial (remove)")
     parser.add_argument("--reason", default="", help="why the DUT is removed (remove)")
+    parser.add_argument("--results", type=Path, default=None, help="ATE results, STDF V4 or CSV (readout end)")
+    parser.add_argument(
+        "--format", choices=("auto", "stdf", "csv"), default="auto", help="of --results (default: by content)"
+    )
     add_state_arguments(parser)
 
 
@@ -72,7 +88,7 @@ def add_note_arguments(parser: argparse.ArgumentParser) -> None:
     add_state_arguments(parser)
 
 
-def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO) -> int:
+def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO, *, within: float = 5.0) -> int:
     from edge_daq.errors import ConfigError
     from edge_daq.reliability.control import request
 
@@ -83,7 +99,7 @@ def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO) -> int
             print(issue, file=sys.stderr)
         return 2
     try:
-        reply = asyncio.run(request(socket, message))
+        reply = asyncio.run(request(socket, message, within=within))
     except (OSError, TimeoutError) as error:
         print(f"edge-daq: cannot reach the daemon at {socket}: {error}", file=sys.stderr)
         return 1
@@ -108,7 +124,32 @@ def run_test(args: argparse.Namespace, out: TextIO) -> int:
         message = {"rig": args.rig, "command": "remove", "dut": args.dut, "reason": args.reason}
     elif args.action == "status":
         message = {"rig": args.rig, "command": "status"}
+    elif args.action == "readout":
+        return _readout(args, out)
     return _send(args, message, out)
+
+
+def _readout(args: argparse.Namespace, out: TextIO) -> int:
+    """``edge-daq test readout start|end RIG [--results FILE]``."""
+    phase, rig = args.rig, getattr(args, "readout_rig", None)
+    if phase not in READOUT_PHASES or not rig:
+        print(
+            "edge-daq test readout: expected `readout start RIG` or `readout end RIG --results FILE`", file=sys.stderr
+        )
+        return 2
+    message: dict[str, Any] = {"rig": rig, "command": "readout", "action": phase}
+    if phase == "start":
+        return _send(args, message, out)
+    results: Path | None = getattr(args, "results", None)
+    if results is None:
+        print("edge-daq test readout end: --results FILE is required (STDF V4 or CSV)", file=sys.stderr)
+        return 2
+    if not results.is_file():
+        print(f"edge-daq test readout end: {results}: no such file", file=sys.stderr)
+        return 2
+    # The daemon reads the file (it must be readable by the daemon's user): it is parsed in one place.
+    message.update(results=str(results.resolve()), format=getattr(args, "format", "auto"))
+    return _send(args, message, out, within=READOUT_TIMEOUT)
 
 
 def run_note(args: argparse.Namespace, out: TextIO) -> int:

@@ -3,38 +3,52 @@
 The loader reads each file with :mod:`edge_daq.config.yaml_loader` (data that remembers its positions),
 merges profiles into instruments, validates with the pydantic models, maps each validation error back to
 the ``path:line:column`` of the offending key or value, and finally runs the checks that only the whole
-gateway can make (duplicate rigs, shared serial ports, overlapping register reads). Nothing stops at the
+gateway can make (duplicate rigs, shared serial ports, and each driver's own, such as overlapping register
+reads, registered with the driver in :mod:`edge_daq.drivers`). Nothing stops at the
 first problem: :class:`~edge_daq.errors.ConfigError` carries all of them, sorted by file and line.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import difflib
 import gc
 import hashlib
 import json
+import os
 import re
+import stat
+import traceback
 import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, RootModel, TypeAdapter, ValidationError
 from pydantic_core import ErrorDetails
 
 import edge_daq
 from edge_daq import drivers
 from edge_daq.config.models import AnyInstrument, GatewayConfig, PathList, RigConfig
-from edge_daq.config.yaml_loader import LocatedDict, LocatedList, Mark, YamlDocument, read_yaml
-from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig
-from edge_daq.drivers.modbus.config import ModbusInstrumentConfig
+from edge_daq.config.types import NAME_PATTERN
+from edge_daq.config.values import NAME_MAX, check_path_text
+from edge_daq.config.yaml_errors import missing_space_after_colon
+from edge_daq.config.yaml_loader import MAX_FILE_BYTES, LocatedDict, LocatedList, Mark, YamlDocument, read_yaml
+from edge_daq.drivers.base import InstrumentConfig, PlacedInstrument
 from edge_daq.errors import ConfigError, ConfigIssue
-from edge_daq.reliability.config import DutConfig
+from edge_daq.processing.checks import check_computed, computed_kinds, inside_scalar
+from edge_daq.reliability.config import ChannelsConfig, DutConfig
 from edge_daq.reliability.expand import FIELD_TAG, dut_issues, expand_channels, read_duts_csv
+from edge_daq.sinks import registry as outputs_registry
+from edge_daq.sinks.base import OutputConfig
+from edge_daq.writes.checks import check_action_targets
 
 SECRET_KEYS = frozenset({"token", "password"})
+# Keys whose values are never quoted in a message: a URL may carry credentials, and a token or password
+# pasted into token_file or password_file by mistake is a secret too.
+UNQUOTED_KEYS = SECRET_KEYS | {"url", "urls", "token_file", "password_file"}
 SERIAL_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
 DEFAULT_RIGS_FOLDER = "rigs.d"
 
@@ -78,14 +92,6 @@ class CheckResult:
 
 
 @dataclass(frozen=True, slots=True)
-class PlacedInstrument:
-    """A validated instrument with the YAML mapping it came from (after the profile merge), for positions."""
-
-    config: InstrumentConfig
-    source: LocatedDict
-
-
-@dataclass(frozen=True, slots=True)
 class Profile:
     name: str
     values: LocatedDict  # every key of the profile file except `profile`
@@ -100,18 +106,40 @@ def shipped_profiles_folder() -> Path:
 
 
 def load_config(gateway_path: Path) -> LoadedConfig:
-    """Load a gateway file and everything it refers to; raise ConfigError with every issue found."""
-    with _one_collection():
+    """Load a gateway file and everything it refers to; raise ConfigError with every issue found.
+
+    Nothing else escapes: an unexpected exception is a bug, reported as an ``internal error`` issue, so that
+    neither ``edge-daq run`` nor a reload ever dies of a configuration file.
+    """
+    with one_collection():
         session = _Session()
-        document = session.read(gateway_path)
-        loaded = None
-        if session.kind(document, expected="gateway") == "gateway":
-            loaded = session.load_gateway(document)
-        issues = session.sorted_issues()
+        loaded = document = None
+        try:
+            document = session.read(gateway_path)
+            if session.kind(document, expected="gateway") == "gateway":
+                loaded = session.load_gateway(document)
+            issues = session.sorted_issues()
+        except Exception as error:
+            issues, loaded = [*session.sorted_issues(), internal_error(gateway_path, error)], None
         del session, document  # the located data goes before the collection
     if issues or loaded is None:
         raise ConfigError(issues)
     return loaded
+
+
+def internal_error(path: Path, error: BaseException) -> ConfigIssue:
+    """An unexpected exception as an issue at ``path:1:1``: its type and the place in edge-daq that raised it.
+
+    Never its message, which may quote a value of the file (a secret).
+    """
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__) if "edge_daq" in Path(frame.filename).parts]
+    where = ""
+    if frames:
+        parts = Path(frames[-1].filename).parts
+        where = f" at {'/'.join(parts[len(parts) - 1 - parts[::-1].index('edge_daq') :])}:{frames[-1].lineno}"
+    return ConfigIssue(
+        str(path), 1, 1, f"internal error: {type(error).__name__}{where} (a bug in edge-daq: please report it)"
+    )
 
 
 def check_files(paths: Sequence[Path]) -> list[ConfigIssue]:
@@ -124,27 +152,33 @@ def check_config(paths: Sequence[Path]) -> CheckResult:
 
     A rig file that one of the gateways already includes is checked once, as part of that gateway.
     """
-    with _one_collection(collect=False):  # only the result outlives the session: reference counts free the rest
+    with one_collection(collect=False):  # only the result outlives the session: reference counts free the rest
         session = _Session()
         lone_rigs: list[YamlDocument] = []
         for path in paths:
-            document = session.read(path)
-            kind = session.kind(document, expected=None)
-            if kind == "gateway":
-                session.load_gateway(document)
-            elif kind == "rig" and document not in lone_rigs:
-                lone_rigs.append(document)
-            elif kind == "profile":
-                session.check_profile_document(document)
+            try:
+                document = session.read(path)
+                kind = session.kind(document, expected=None)
+                if kind == "gateway":
+                    session.load_gateway(document)
+                elif kind == "rig" and document not in lone_rigs:
+                    lone_rigs.append(document)
+                elif kind == "profile":
+                    session.check_profile_document(document)
+            except Exception as error:  # a bug: reported like a problem of the file, and the other files go on
+                session.issues.append(internal_error(path, error))
         lone_rigs = [document for document in lone_rigs if document not in session.gateway_rigs]
         if lone_rigs:
-            profiles = session.load_profiles([(shipped_profiles_folder(), None)])
-            session.load_rigs(lone_rigs, profiles)
+            try:
+                profiles = session.load_profiles([(shipped_profiles_folder(), None)])
+                session.load_rigs(lone_rigs, profiles)
+            except Exception as error:
+                session.issues.append(internal_error(lone_rigs[0].path, error))
         return CheckResult(session.sorted_issues(), [document.path for document in session.documents.values()])
 
 
 @contextlib.contextmanager
-def _one_collection(*, collect: bool = True) -> Iterator[None]:
+def one_collection(*, collect: bool = True) -> Iterator[None]:
     """No automatic cyclic collections while loading; then, unless told otherwise, one full collection.
 
     A load builds several hundred thousand objects that all live until its end, so every automatic full
@@ -184,7 +218,13 @@ class _Session:
         read_positions = {(issue.path, issue.line, issue.column) for issue in self.read_issues}
         follow_ups = [issue for issue in self.issues if (issue.path, issue.line, issue.column) not in read_positions]
         unique = dict.fromkeys([*self.read_issues, *follow_ups])
-        return sorted(unique, key=lambda issue: (issue.path, issue.line, issue.column))
+        read = set(self.read_issues)
+        # Root causes first: a file that cannot be read (YAML syntax) explains what is missing elsewhere, and
+        # a rig file's problems the rows of its DUT CSV; then by file and line.
+        return sorted(
+            unique,
+            key=lambda issue: (issue not in read, issue.path.endswith(".csv"), issue.path, issue.line, issue.column),
+        )
 
     def kind(self, document: YamlDocument, expected: str | None) -> str | None:
         """``gateway``, ``rig`` or ``profile`` by the file's identifying key; reports a file that has none."""
@@ -208,6 +248,9 @@ class _Session:
         self.gateway_rigs.extend(rig_documents)
         rigs = self.load_rigs(rig_documents, profiles)
         if gateway is None or rigs is None:
+            return None
+        if any(rig.has_reliability for rig in rigs) and (issue := check_control_socket(gateway, data)) is not None:
+            self.issues.append(issue)
             return None
         documents = list(self.documents.values())
         return LoadedConfig(
@@ -252,7 +295,7 @@ class _Session:
         for key in profile.values:
             sample.take(profile.values, key)
         if "channels" in sample:
-            self.issues.extend(expand_channels(sample, [], []))
+            self.issues.extend(expand_channels(sample, [], [], _channel_issues))
         try:
             _INSTRUMENT.validate_python(sample)
         except ValidationError as error:
@@ -269,17 +312,17 @@ class _Session:
             data: LocatedDict = document.data
             if isinstance(data.get("rig"), str):
                 rig_names.append((data["rig"], data.value_mark("rig")))
+                if len(data["rig"].encode("utf-8", "surrogateescape")) > NAME_MAX:  # the rig's state folder
+                    self.issues.append(data.value_mark("rig").issue(f"a rig name must be at most {NAME_MAX} bytes"))
+                    all_valid = False
             rig, rig_placed = self._load_rig(data, profiles)
             placed.extend(rig_placed)
             if rig is None:
                 all_valid = False
             else:
                 rigs.append(rig)
-        cross_issues = [
-            *check_duplicate_rigs(rig_names),
-            *check_serial_ports(placed),
-            *check_register_overlaps(placed),
-        ]
+        cross_issues = [*check_duplicate_rigs(rig_names), *check_serial_ports(placed), *plugin_checks(placed)]
+        cross_issues += check_computed(placed)  # names read by computed points (edge_daq.processing)
         self.issues.extend(cross_issues)
         return rigs if all_valid and not cross_issues else None
 
@@ -291,16 +334,22 @@ class _Session:
             return self.validate(RigConfig, data), []  # pydantic reports a missing or malformed list
         sources = [self._apply_profile(item, profiles) for item in raw_instruments]
         self.issues.extend(check_duplicate_instruments(sources))
-        duts = self._expand_reliability(data, sources)
+        # Instruments that failed to load are reported once, at their cause: what refers to them (DUTs,
+        # stress terms, failure rules) is not reported again as missing. Without its profile, whether an
+        # instrument has channels is unknown too.
+        unresolved = {_name(item) for item, source in zip(raw_instruments, sources, strict=True) if source is None}
+        failed = set(unresolved)
+        duts = self._expand_reliability(data, sources, unresolved)
         configs: list[InstrumentConfig] = []
         placed: list[PlacedInstrument] = []
-        for source, mark in zip(sources, raw_instruments.item_marks, strict=True):
+        for item, source, mark in zip(raw_instruments, sources, raw_instruments.item_marks, strict=True):
             if source is None:
                 continue
             try:
                 config = _INSTRUMENT.validate_python(source)
             except ValidationError as error:
                 self.issues.extend(validation_issues(error.errors(), source, mark, root=AnyInstrument))
+                failed.add(_name(item))
                 continue
             assert isinstance(source, LocatedDict)  # a valid instrument was a mapping
             configs.append(config)
@@ -315,10 +364,13 @@ class _Session:
             rig_input["duts"] = duts
         rig = self.validate(RigConfig, rig_input)
         if rig is not None:
-            self.issues.extend(check_point_references(rig, data))
+            self.issues.extend(check_point_references(rig, data, failed))
+            self.issues.extend(check_action_targets(rig, data, failed))
         return (rig if len(configs) == len(raw_instruments) and duts is not None else None), placed
 
-    def _expand_reliability(self, data: LocatedDict, sources: list[object | None]) -> list[DutConfig] | None:
+    def _expand_reliability(
+        self, data: LocatedDict, sources: list[object | None], unresolved: set[str | None]
+    ) -> list[DutConfig] | None:
         """Read the DUTs (inline, then ``duts_csv``) and expand ``channels:`` in place; None on any issue."""
         raw_duts = LocatedList(data.value_mark("duts"))
         inline = data.get("duts")
@@ -328,7 +380,7 @@ class _Session:
         csv_name = data.get("duts_csv")
         issues: list[ConfigIssue] = []
         if isinstance(csv_name, str):
-            rows, csv_issues = read_duts_csv(Path(data.mark.path).parent / csv_name, data.value_mark("duts_csv"))
+            rows, csv_issues = _read_duts_csv(Path(data.mark.path).parent, csv_name, data.value_mark("duts_csv"))
             issues.extend(csv_issues)
             raw_duts.extend(rows)
             raw_duts.item_marks.extend(rows.item_marks)
@@ -345,11 +397,11 @@ class _Session:
             if isinstance(s, LocatedDict) and "channels" in s and isinstance(s.get("name"), str)
         ]
         if placed_duts:
-            issues.extend(dut_issues(placed_duts, with_channels))
+            issues.extend(dut_issues(placed_duts, with_channels, unresolved))
         duts = [dut for dut, _ in placed_duts]
         for source in sources:
             if isinstance(source, LocatedDict) and "channels" in source:
-                issues.extend(expand_channels(source, duts, with_channels))
+                issues.extend(expand_channels(source, duts, with_channels, _channel_issues))
         self.issues.extend(issues)
         return None if issues else duts
 
@@ -413,11 +465,17 @@ class _Session:
             entries = self._listed_paths(data, "rigs", here)
         documents: list[YamlDocument] = []
         for path, mark in entries:
-            if not path.exists():
+            try:
+                exists, is_folder = path.exists(), path.is_dir()
+            except OSError as error:  # e.g. a path that is too long once joined to this file's folder
+                if mark is not None:
+                    self.issues.append(mark.issue(f"cannot read {path}: {error.strerror or error}"))
+                continue
+            if not exists:
                 if mark is not None:
                     self.issues.append(mark.issue(f"no such file or folder: {path}"))
                 continue
-            for rig_path in self._yaml_files(path, mark, what="rig folder") if path.is_dir() else [path]:
+            for rig_path in self._yaml_files(path, mark, what="rig folder") if is_folder else [path]:
                 document = self.read(rig_path)
                 if self.kind(document, expected="rig") == "rig" and document not in documents:
                     documents.append(document)
@@ -438,6 +496,38 @@ class _Session:
         return sorted(p for p in entries if p.suffix in (".yaml", ".yml") and not p.name.startswith("."))
 
 
+def _read_duts_csv(folder: Path, name: str, mark: Mark) -> tuple[LocatedList, list[ConfigIssue]]:
+    """The DUT rows of ``duts_csv``; a path the OS refuses, a file that is not a regular one of at most
+    MAX_FILE_BYTES (``/dev/zero`` never ends) or one the csv module refuses is an issue."""
+    path = folder / name
+    try:
+        check_path_text(name)
+    except ValueError as error:  # the path's own message: RigConfig reports the same, once
+        return LocatedList(mark), [mark.issue(str(error))]
+    with contextlib.suppress(OSError):  # a missing file: read_duts_csv says so
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            return LocatedList(mark), [mark.issue(f"DUT file {path} is not a regular file")]
+        if info.st_size > MAX_FILE_BYTES:
+            return LocatedList(mark), [mark.issue(f"DUT file {path} is larger than {MAX_FILE_BYTES >> 20} MiB")]
+    try:
+        return read_duts_csv(path, mark)
+    except UnicodeDecodeError:
+        return LocatedList(mark), [mark.issue(f"DUT file {path} is not a text file (it is not valid UTF-8)")]
+    except (OSError, ValueError, csv.Error) as error:
+        return LocatedList(mark), [mark.issue(f"cannot read DUT file {path}: {error}")]
+
+
+def _channel_issues(error: ValidationError, raw: object, mark: Mark) -> list[ConfigIssue]:
+    return validation_issues(error.errors(), raw, mark, root=ChannelsConfig)
+
+
+def _name(item: object) -> str | None:
+    """An instrument's name as written, whatever else is wrong with it."""
+    name = item.get("name") if isinstance(item, LocatedDict) else None
+    return name if isinstance(name, str) else None
+
+
 def _copy(item: object | None) -> object | None:
     """A shallow copy of an instrument mapping, so expanding it leaves the document (and its hash) as read."""
     if not isinstance(item, LocatedDict):
@@ -456,15 +546,22 @@ def _record_fields(config: InstrumentConfig) -> set[str]:
             continue
         name, fields = getattr(point, "name", None), getattr(point, "fields", None)
         names.update([name] if isinstance(name, str) else fields or [])
-    return names
+    return names | {name for name, kind in computed_kinds(config).items() if kind == "record"}
 
 
 def _channel_fields(config: InstrumentConfig) -> set[str]:
-    return {tags[FIELD_TAG] for tags in config.field_tags().values() if FIELD_TAG in tags}
+    computed = {name for name, kind in computed_kinds(config).items() if kind == "channel"}
+    return computed | {tags[FIELD_TAG] for tags in config.field_tags().values() if FIELD_TAG in tags}
 
 
-def check_point_references(rig: RigConfig, data: LocatedDict) -> list[ConfigIssue]:
-    """``instrument.point`` in stress conditions must name a real point; failure rules a per-channel field."""
+def check_point_references(
+    rig: RigConfig, data: LocatedDict, failed: set[str | None] | None = None
+) -> list[ConfigIssue]:
+    """``instrument.point`` in stress conditions must name a real point; failure rules a per-channel field.
+
+    ``failed``: instruments of the rig that failed to load, already reported: references to them are not.
+    """
+    failed = failed or set()
     stress, failures = data.get("stress"), data.get("failures")
     if stress is None and failures is None:
         return []  # bench/startup.py: the field sets of every instrument are only needed for references
@@ -474,6 +571,8 @@ def check_point_references(rig: RigConfig, data: LocatedDict) -> list[ConfigIssu
 
     def check(reference: str, mark: Mark) -> None:
         instrument, _, point = reference.rpartition(".")
+        if instrument in failed:
+            return
         if instrument not in fields:
             issues.append(mark.issue(f"no instrument {instrument!r} in this rig{_suggestion(instrument, fields)}"))
         elif point not in fields[instrument]:
@@ -492,10 +591,39 @@ def check_point_references(rig: RigConfig, data: LocatedDict) -> list[ConfigIssu
     cycling = stress.get("cycling") if isinstance(stress, LocatedDict) else None
     if isinstance(cycling, LocatedDict) and isinstance(cycling.get("point"), str):
         check(cycling["point"], cycling.value_mark("point"))
+    issues.extend(_check_cycle_windows(failures, stress, check))
     for item in conditions(failures, "rules"):
+        if failed:
+            break  # the per-DUT fields of an instrument that failed to load are unknown
         if isinstance(item, LocatedDict) and isinstance(item.get("field"), str) and item["field"] not in channel_fields:
             known = ", ".join(sorted(channel_fields)) or "none: declare channels: on an instrument"
             issues.append(item.value_mark("field").issue(f"no per-DUT field {item['field']!r} (fields: {known})"))
+    return issues
+
+
+def _check_cycle_windows(failures: object, stress: object, check: Callable[[str, Mark], None]) -> list[ConfigIssue]:
+    """A confirmation window in cycles needs its cycles: ``cycles_from`` (a real point) or ``stress.cycling``."""
+    if not isinstance(failures, LocatedDict):
+        return []
+    windows = [failures.get("confirm")]
+    rules = failures.get("rules")
+    windows += [
+        rule.get("confirm")
+        for rule in (rules if isinstance(rules, LocatedList) else [])
+        if isinstance(rule, LocatedDict)
+    ]
+    counted = isinstance(stress, LocatedDict) and stress.get("cycling") is not None
+    issues = []
+    for window in windows:
+        if not isinstance(window, LocatedDict) or not ({"within_cycles", "within_fraction"} & set(window)):
+            continue
+        source = window.get("cycles_from")
+        if isinstance(source, str):
+            check(source, window.value_mark("cycles_from"))
+        elif source is None and not counted:
+            issues.append(window.mark.issue(
+                "a window in cycles needs cycles: cycles_from: <instrument.point> (a counter) or stress.cycling"
+            ))  # fmt: skip
     return issues
 
 
@@ -520,8 +648,13 @@ def validation_issues(errors: Iterable[ErrorDetails], data: object, mark: Mark, 
         if loc and loc[-1] == "[key]":
             loc, at_key = loc[:-1], True
         if error["type"] == "union_tag_invalid":
-            loc = (*loc, "driver")
-        issues.append(_locate(data, mark, loc, at_key=at_key).issue(_message(error, loc, root)))
+            loc = (*loc, _tag_key(error))
+        place = _locate(data, mark, loc, at_key=at_key)
+        # An error that knows where in its value it lies (a computed point's syntax error): that column.
+        offset = getattr(error.get("ctx", {}).get("error"), "offset", None)
+        if isinstance(offset, int) and not at_key:
+            place = inside_scalar(place, offset)
+        issues.append(place.issue(_message(error, loc, root)))
     return issues
 
 
@@ -533,7 +666,7 @@ def _locate(node: object, mark: Mark, loc: tuple[int | str, ...], *, at_key: boo
                 if at_key and index == len(loc) - 1:
                     return node.key_mark(part)
                 mark, node = node.value_mark(part), node[part]
-            elif part != node.get("driver"):  # pydantic puts an instrument's driver (the union tag) in the loc
+            elif part not in (node.get("driver"), node.get("model")):  # pydantic puts the union tag in the loc
                 return node.mark
         elif isinstance(node, LocatedList) and isinstance(part, int) and 0 <= part < len(node):
             mark, node = node.item_mark(part), node[part]
@@ -542,17 +675,25 @@ def _locate(node: object, mark: Mark, loc: tuple[int | str, ...], *, at_key: boo
     return mark
 
 
+def _tag_key(error: ErrorDetails) -> str:
+    """The key of a tagged union's tag: ``driver`` for instruments, ``model`` for acceleration models."""
+    return str(error.get("ctx", {}).get("discriminator", "driver")).strip("'")
+
+
 def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: Any) -> str:
     kind = error["type"]
     ctx = error.get("ctx", {})
     value = error.get("input")
-    secret = any(isinstance(part, str) and part.lower() in SECRET_KEYS for part in loc)
+    secret = any(isinstance(part, str) and part.lower() in UNQUOTED_KEYS for part in loc)
     if kind == "missing":
         return f"missing key {loc[-1]!r}"
     if kind == "extra_forbidden":
-        return f"unknown key {loc[-1]!r}{_suggestion(str(loc[-1]), _known_keys(root, loc[:-1]))}"
+        return f"unknown key {_shown(loc[-1])}{_suggestion(str(loc[-1]), _known_keys(root, loc[:-1]))}"
     if kind == "union_tag_invalid":
         tag = str(ctx["tag"])
+        if _tag_key(error) != "driver":  # another tagged union (an acceleration model's `model:`)
+            known = re.findall(r"'([^']*)'", str(ctx["expected_tags"]))
+            return f"unknown {_tag_key(error)} {tag!r}{_suggestion(tag, known)}; known: {', '.join(known)}"
         known = drivers.driver_names()
         return f"unknown driver {tag!r}{_suggestion(tag, known)}; known drivers: {', '.join(known)}"
     if kind == "union_tag_not_found":
@@ -573,12 +714,19 @@ def _message(error: ErrorDetails, loc: tuple[int | str, ...], root: Any) -> str:
         message = "expected a string (put the value in quotes)"
     elif kind in _TYPE_MESSAGES:
         message = _TYPE_MESSAGES[kind]
+        if message == _TYPE_MESSAGES["dict_type"] and isinstance(value, str) and missing_space_after_colon(value):
+            message += " (a space is missing after ':'; write 'key: value')"
     else:
         message = re.sub(r"^(Input|String|List|Value|Dictionary) should", "must", error["msg"])
     if secret or not isinstance(value, str | int | float | bool | None):
         return message
-    shown = "an empty value" if value is None else repr(value if len(repr(value)) <= 40 else f"{str(value)[:36]}...")
-    return f"{message}, got {shown}"
+    return f"{message}, got {'an empty value' if value is None else _shown(value)}"
+
+
+def _shown(value: object) -> str:
+    """A value or key as quoted in a message: at most about 40 characters."""
+    text = repr(value)
+    return text if len(text) <= 40 else repr(f"{str(value)[:36]}...")
 
 
 def _suggestion(word: str, candidates: Iterable[str]) -> str:
@@ -602,11 +750,15 @@ def _known_keys(root: Any, loc: tuple[int | str, ...]) -> list[str]:
     for part in loc:
         annotation = _child_annotation(annotation, part)
     models = [a for a in _alternatives(annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+    if OutputConfig in models:  # an output entry: its type is in the data, not in the loc, so any output's keys
+        models += [outputs_registry.config_model(name) for name in outputs_registry.type_names()]
     return [key for model in models for key in model.model_fields]
 
 
 def _child_annotation(annotation: Any, part: int | str) -> Any:
     for candidate in _alternatives(annotation):
+        if isinstance(candidate, type) and issubclass(candidate, RootModel):
+            return _child_annotation(candidate.model_fields["root"].annotation, part)
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             if part in candidate.model_fields:
                 return candidate.model_fields[str(part)].annotation
@@ -621,6 +773,46 @@ def _child_annotation(annotation: Any, part: int | str) -> Any:
 
 # ---------------------------------------------------------------------------------------------------
 # Checks that need more than one instrument or one file
+
+
+UNIX_SOCKET_PATH_MAX = 107
+"""Bytes in the path of a Unix socket (sun_path holds 108 with the NUL)."""
+
+
+def check_control_socket(gateway: GatewayConfig, data: LocatedDict) -> ConfigIssue | None:
+    """The reliability control socket (``control.sock`` in the state folder) must fit a Unix socket's path.
+
+    Relative folders are taken from the current folder, as the daemon does.
+    """
+    socket_path = (gateway.state_path / "control.sock").absolute()
+    size = len(os.fsencode(socket_path))
+    if size <= UNIX_SOCKET_PATH_MAX:
+        return None
+    key = "state_dir" if "state_dir" in data else None
+    buffer = data.get("buffer")
+    if key is not None:
+        mark = data.value_mark(key)
+    elif isinstance(buffer, LocatedDict) and "spool_dir" in buffer:
+        mark = buffer.value_mark("spool_dir")
+    else:
+        mark = data.mark
+    return mark.issue(
+        f"the reliability control socket {socket_path} would have {size} bytes, over the {UNIX_SOCKET_PATH_MAX} "
+        "a Unix socket allows: give a shorter state_dir"
+    )
+
+
+def plugin_checks(instruments: Sequence[PlacedInstrument]) -> list[ConfigIssue]:
+    """Each driver's own checks across the gateway (registered with the driver), given its instruments."""
+    by_check: dict[drivers.GatewayCheck, list[PlacedInstrument]] = {}
+    hooks: dict[str, drivers.GatewayCheck | None] = {}  # looked up once per driver, not per instrument
+    for placed in instruments:
+        driver = placed.config.driver
+        if driver not in hooks:
+            hooks[driver] = drivers.gateway_check(driver)
+        if (check := hooks[driver]) is not None:
+            by_check.setdefault(check, []).append(placed)
+    return [issue for check, placed in by_check.items() for issue in check(placed)]
 
 
 def check_duplicate_rigs(rig_names: Sequence[tuple[str, Mark]]) -> list[ConfigIssue]:
@@ -675,88 +867,4 @@ def check_serial_ports(instruments: Sequence[PlacedInstrument]) -> list[ConfigIs
                     f"on the same port {port} ({where}): instruments on one serial port share its settings"
                 )
             )
-    return issues
-
-
-@dataclass(slots=True, eq=False)  # not frozen: a frozen dataclass's __init__ is slower
-class _RegisterRead:
-    table: str
-    start: int  # protocol address (address_base removed)
-    end: int  # exclusive
-    meaning: tuple[object, ...]  # what the registers are read as; two reads agree if this is equal
-    placed: PlacedInstrument
-    index: int  # of the point in the instrument's points
-
-    # Only a disagreement needs the words and the position (bench/startup.py: building them for every point
-    # of a 1000-instrument gateway was a tenth of `edge-daq check`).
-    @property
-    def point(self) -> str:
-        config = self.placed.config
-        assert isinstance(config, ModbusInstrumentConfig)
-        return f"point {config.points[self.index].name!r} of instrument {config.name!r}"
-
-    @property
-    def reading(self) -> str:
-        config = self.placed.config
-        assert isinstance(config, ModbusInstrumentConfig)
-        point = config.points[self.index]
-        last = point.address + point.register_count - 1
-        span = f"{point.address}" if last == point.address else f"{point.address}-{last}"
-        return f"{point.table} {span} as {point.type} {point.byte_order or config.byte_order}"
-
-    @property
-    def mark(self) -> Mark:
-        point_sources = self.placed.source.get("points")
-        source = point_sources[self.index] if isinstance(point_sources, LocatedList) else None
-        return source.value_mark("address") if isinstance(source, LocatedDict) else self.placed.source.mark
-
-
-def _register_reads(placed: PlacedInstrument) -> list[_RegisterRead]:
-    config = placed.config
-    if not isinstance(config, ModbusInstrumentConfig):
-        return []
-    reads = []
-    for index, point in enumerate(config.points):
-        # Bits of a register (and coils) are read as a bit field: any number of them agree.
-        if point.table in ("coil", "discrete") or point.bit is not None:
-            continue
-        start = point.address - config.address_base
-        meaning = (start, point.type, point.length, point.byte_order or config.byte_order)
-        reads.append(_RegisterRead(point.table, start, start + point.register_count, meaning, placed, index))
-    return reads
-
-
-def _device(config: InstrumentConfig) -> tuple[str, int] | None:
-    """Link and unit: a TCP endpoint or a serial port, and the Modbus unit behind it."""
-    host, port, unit = getattr(config, "host", None), getattr(config, "port", None), getattr(config, "unit", None)
-    if not isinstance(unit, int):
-        return None
-    return (f"{host}:{port}" if host is not None else str(port)), unit
-
-
-def check_register_overlaps(instruments: Sequence[PlacedInstrument]) -> list[ConfigIssue]:
-    """Two points reading the same register of one device must read it the same way (type, byte order)."""
-    reads_by_device: dict[tuple[str, int], list[_RegisterRead]] = {}
-    for placed in instruments:
-        device = _device(placed.config)
-        if device is not None:
-            reads_by_device.setdefault(device, []).extend(_register_reads(placed))
-    issues = []
-    for reads in reads_by_device.values():
-        reads.sort(key=lambda read: (read.table, read.start))
-        # A sweep in address order: only the earlier reads still open at this one's start can overlap it
-        # (bench/startup.py: comparing every pair of a device's reads was quadratic, a third of `edge-daq check`
-        # on fifty rigs that reuse the same units).
-        open_reads: list[_RegisterRead] = []
-        for read in reads:
-            open_reads = [e for e in open_reads if e.table == read.table and e.end > read.start]
-            for earlier in open_reads:
-                if earlier.meaning != read.meaning:
-                    issues.append(
-                        read.mark.issue(
-                            f"{read.point} reads {read.reading}, but {earlier.point} ({earlier.mark}) reads "
-                            f"{earlier.reading}: reads of the same registers must agree"
-                        )
-                    )
-            open_reads.append(read)
     return issues

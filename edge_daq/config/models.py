@@ -23,18 +23,35 @@ Sample rig file::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
-from pydantic import AfterValidator, BeforeValidator, Field, GetCoreSchemaHandler, GetPydanticSchema
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    GetCoreSchemaHandler,
+    GetPydanticSchema,
+    PlainValidator,
+    RootModel,
+    SecretStr,
+    SerializeAsAny,
+    ValidationError,
+    model_validator,
+)
 from pydantic_core import core_schema
 
 from edge_daq import drivers
+from edge_daq.config.layout import BoardLayout, channel_sockets, layout_issues
+from edge_daq.config.types import NAME_PATTERN, StrictModel
 from edge_daq.config.units import Duration, Size
-from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
+from edge_daq.config.values import ConfigPath, check_host
+from edge_daq.drivers.base import InstrumentConfig
+from edge_daq.reliability.acceleration import AccelerationModel
 from edge_daq.reliability.config import DutConfig, FailuresConfig, StressConfig, TestConfig
-from edge_daq.sinks.file import FileOutputConfig
-from edge_daq.sinks.influxdb import InfluxDBOutputConfig
-from edge_daq.sinks.mqtt import MqttOutputConfig
+from edge_daq.sinks import registry as outputs_registry
+from edge_daq.sinks.base import OutputConfig
+from edge_daq.writes.action_config import Interlock
+from edge_daq.writes.http_config import HttpWritesConfig
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-daq/state")
 
@@ -43,7 +60,7 @@ def _one_or_many(value: object) -> object:
     return [value] if isinstance(value, str | Path) else value
 
 
-PathList = Annotated[list[Path], BeforeValidator(_one_or_many)]
+PathList = Annotated[list[ConfigPath], BeforeValidator(_one_or_many, json_schema_input_type=str | list[str])]
 """A list of paths; a single path may be written without the brackets."""
 
 
@@ -56,7 +73,7 @@ def split_host_port(listen: str) -> tuple[str, int]:
 
 
 def _check_listen(listen: str) -> str:
-    split_host_port(listen)
+    check_host(split_host_port(listen)[0])  # a NUL or an over-long label would make the bind raise at start
     return listen
 
 
@@ -64,7 +81,9 @@ class BufferConfig(StrictModel):
     """The ring queue, and the durable spool when ``spool_dir`` is set (see the README's "Buffering")."""
 
     memory_records: int = Field(default=100_000, ge=1)
-    spool_dir: Path | None = None
+    # The ring queue's estimated memory; the oldest records are dropped beyond it (counted like memory_records).
+    memory_bytes: Size = Field(default=128 << 20, ge=1 << 20)
+    spool_dir: ConfigPath | None = None
     spool_max_bytes: Size = Field(default=2 << 30, ge=1 << 20)
     # Oldest records are dropped once older than this (None: no age limit).
     spool_max_age: Duration | None = None
@@ -72,20 +91,86 @@ class BufferConfig(StrictModel):
     spool_min_free: Size | None = None
     # Records reach the disk (write + fsync) at most this long after acquisition; 0: at once.
     fsync_interval: Duration = Field(default=0.1, le=10.0)
-    # Segment file size; None: spool_max_bytes / 16, between 64 KiB and 64 MiB.
+    # Segment file size; None: a 64th of what the spool may use (spool_max_bytes, or the file system less
+    # spool_min_free if smaller), between 64 KiB and 64 MiB.
     spool_segment_bytes: Size | None = Field(default=None, ge=4096)
 
 
-class OutputsConfig(StrictModel):
-    """Any subset of the outputs; with none, the daemon writes to the file output."""
+def _output_types(value: object) -> object:
+    """A key that is a type name and has no ``type:`` is that type; an empty entry (``influxdb:``) is no output."""
+    if not isinstance(value, dict):
+        return value
+    entries: dict[object, object] = {}
+    for name, entry in value.items():
+        if entry is None:
+            continue
+        if isinstance(entry, dict) and "type" not in entry and name in outputs_registry.type_names():
+            entry = {"type": name, **entry}
+        entries[name] = entry
+    return entries
 
-    influxdb: InfluxDBOutputConfig | None = None
-    file: FileOutputConfig | None = None
-    mqtt: MqttOutputConfig | None = None
+
+def _one_output(value: object) -> OutputConfig:
+    """An entry validated by the config model of its ``type:`` (its errors keep their place below the entry)."""
+    if isinstance(value, OutputConfig):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError("expected a mapping of output settings")
+    settings = dict(value)
+    kind = settings.pop("type", None)
+    known = outputs_registry.type_names()
+    if kind is None:
+        raise _entry_error("missing", (), value, "")
+    if not isinstance(kind, str) or kind not in known:
+        raise _entry_error(
+            "value_error", ("type",), kind, f"unknown output type {kind!r}; known types: {', '.join(known)}"
+        )
+    return outputs_registry.config_model(kind).model_validate(settings)
+
+
+def _entry_error(kind: str, loc: tuple[str, ...], value: object, message: str) -> ValidationError:
+    if kind == "missing":
+        return ValidationError.from_exception_data("output", [{"type": "missing", "loc": ("type",), "input": value}])
+    details = {"type": kind, "loc": loc, "input": value, "ctx": {"error": ValueError(message)}}
+    return ValidationError.from_exception_data("output", [details])  # type: ignore[list-item]
+
+
+AnyOutput = SerializeAsAny[Annotated[OutputConfig, PlainValidator(_one_output)]]
+"""An output validated by the config model of its ``type:`` (edge_daq.sinks.registry)."""
+OutputName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=200)]  # it names the output's cursor file
+
+
+class OutputsConfig(RootModel[dict[OutputName, AnyOutput]]):
+    """Output instances by name; with none, the daemon writes to the file output.
+
+    ``outputs: {lab: {type: influxdb, ...}, customer: {type: influxdb, ...}}``; the name is the output's label in
+    /metrics and /status and the name of its spool cursor (renaming an output starts a new cursor).
+    """
+
+    root: Annotated[dict[OutputName, AnyOutput], BeforeValidator(_output_types)] = Field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, OutputConfig]]:
+        return list(self.root.items())
+
+    def get(self, name: str) -> OutputConfig | None:
+        return self.root.get(name)
+
+    def __len__(self) -> int:
+        return len(self.root)
 
 
 class HttpConfig(StrictModel):
     listen: Annotated[str, AfterValidator(_check_listen)] = "127.0.0.1:9108"
+    writes: HttpWritesConfig = Field(default_factory=HttpWritesConfig)  # POST /write: off by default
+    # The status page's actions (pause/resume a test) need this token; without one the page is read-only.
+    token: SecretStr | None = None
+    token_file: ConfigPath | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Self:
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("give token or token_file, not both")
+        return self
 
     @property
     def host(self) -> str:
@@ -115,7 +200,7 @@ class GatewayConfig(StrictModel):
     http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     # Reliability state (stress time, DUT states, event journal, control socket); None: see state_path.
-    state_dir: Path | None = None
+    state_dir: ConfigPath | None = None
 
     @property
     def state_path(self) -> Path:
@@ -145,9 +230,20 @@ class RigConfig(StrictModel):
     # Reliability testing (edge_daq.reliability.config): all optional, a plain data-logging rig has none.
     test: TestConfig | None = None
     duts: list[DutConfig] = Field(default_factory=list)  # inline ones, then the rows of duts_csv
-    duts_csv: Path | None = None  # relative to the rig file
+    duts_csv: ConfigPath | None = None  # relative to the rig file
     stress: StressConfig | None = None
     failures: FailuresConfig | None = None
+    # Acceleration models of `edge-daq report` (edge_daq.reliability.acceleration); the report only reads them.
+    acceleration: list[AccelerationModel] = Field(default_factory=list)
+    interlocks: list[Interlock] = Field(default_factory=list)  # edge_daq.writes.action_config
+    layout: dict[str, BoardLayout] = Field(default_factory=dict)  # the status page's board maps
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> Self:
+        channels = {i.name: len(sockets) for i in self.instruments if (sockets := channel_sockets(i))}
+        if issues := layout_issues(self.layout, channels):
+            raise ValueError("; ".join(issues))
+        return self
 
     @property
     def has_reliability(self) -> bool:

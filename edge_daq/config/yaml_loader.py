@@ -6,12 +6,20 @@ dicts and lists. It also
 rejects duplicate keys (PyYAML silently keeps the last one) and substitutes ``${NAME}`` from the
 environment in string scalars. Problems are collected as :class:`~edge_daq.errors.ConfigIssue`, never
 raised, so one pass reports all of them.
+
+Every file is bounded before anything recursive or quadratic sees it (a configuration must never crash or hang
+the daemon that reloads it): at most :data:`MAX_FILE_BYTES`, printable text only (a control character is
+reported at its position, not as PyYAML's position-less ``ReaderError``), lists and mappings nested at most
+:data:`MAX_DEPTH` deep (composing, constructing, validating and hashing recurse), aliases that add at most
+:data:`MAX_ALIAS_NODES` nodes (a "billion laughs" file), integers of at most :data:`MAX_INTEGER_DIGITS` digits
+(Python refuses to print one of more than 4300), and dates that exist.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +37,24 @@ from yaml.events import (
 )
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from edge_daq.config.yaml_errors import explain
 from edge_daq.errors import ConfigIssue
 
+MAX_FILE_BYTES = 64 << 20
+"""The largest configuration file read (a 1000-instrument rig file is about 2 MB)."""
+MAX_DEPTH = 64
+"""Lists and mappings nested deeper than this are refused (real files nest fewer than ten)."""
+MAX_ALIAS_NODES = 1_000_000
+"""The most nodes that aliases (``*name``) may add to a document by repeating what they refer to."""
+MAX_INTEGER_DIGITS = 100
+"""The longest integer (a longer number that is really a text, such as a serial number, goes in quotes)."""
+
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+# What PyYAML's reader accepts (yaml.reader.Reader.NON_PRINTABLE); anything else is reported at its position.
+_NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+# Line breaks as PyYAML counts them, for positions found outside the parser.
+_LINE_BREAK = re.compile("\r\n|[\n\r\x85\u2028\u2029]")
+_MAX_CONTROL_ISSUES = 10
 # `$${` is a literal `${`; otherwise `${` opens a variable reference that must be closed.
 _REFERENCE = re.compile(r"\$\$\{|\$\{(?P<name>[^}]*)(?P<close>\}?)")
 _VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -261,6 +284,24 @@ def _substitute_environment(text: str, mark: Mark, issues: list[ConfigIssue]) ->
     return _REFERENCE.sub(replace, text)
 
 
+class _ScalarProblem(Exception):
+    """A plain scalar that resolves to a value it cannot be (an over-long integer, a 31st of February)."""
+
+
+_INTEGER_LIMIT = 10**MAX_INTEGER_DIGITS
+_TOO_LONG_INTEGER = f"a number of more than {MAX_INTEGER_DIGITS} digits (put a text such as a serial number in quotes)"
+_NOT_TEXT = "a string cannot hold a lone surrogate escape (\\ud800 to \\udfff): it is not text"
+
+
+def _is_text(text: str) -> bool:
+    """Whether ``text`` can be encoded: a double-quoted ``"\\ud800"`` cannot, and would fail wherever it is written."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Located(SafeConstructor):
     """Constructors building :class:`LocatedDict`/:class:`LocatedList` and collecting issues on the way."""
 
@@ -269,6 +310,26 @@ class _Located(SafeConstructor):
 
     def mark_of(self, node: Node) -> Mark:
         return Mark(self.path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+    def _refuse_scalar(self, node: ScalarNode, message: str) -> str:
+        """The scalar's text, with an issue at it; without a position (the event builder's nodes), raise instead."""
+        if node.start_mark is None:
+            raise _ScalarProblem(message)
+        self.issues.append(self.mark_of(node).issue(message))
+        return str(node.value)
+
+    def construct_bounded_int(self, node: ScalarNode) -> object:
+        try:
+            value = SafeConstructor.construct_yaml_int(self, node)
+        except ValueError:  # more digits than int() converts
+            return self._refuse_scalar(node, _TOO_LONG_INTEGER)
+        return self._refuse_scalar(node, _TOO_LONG_INTEGER) if abs(value) >= _INTEGER_LIMIT else value
+
+    def construct_checked_timestamp(self, node: ScalarNode) -> object:
+        try:
+            return SafeConstructor.construct_yaml_timestamp(self, node)
+        except (ValueError, OverflowError):
+            return self._refuse_scalar(node, "not a valid date or time (put a text in quotes)")
 
     def construct_located_mapping(self, node: MappingNode) -> LocatedDict:
         self._report_duplicate_keys(node)
@@ -293,6 +354,8 @@ class _Located(SafeConstructor):
 
     def construct_substituted_str(self, node: ScalarNode) -> str:
         text = self.construct_scalar(node)
+        if not _is_text(text):
+            self.issues.append(self.mark_of(node).issue(_NOT_TEXT))
         return _substitute_environment(text, self.mark_of(node), self.issues) if "$" in text else text
 
     def _report_duplicate_keys(self, node: MappingNode) -> None:
@@ -335,6 +398,8 @@ _CONSTRUCTORS = (
     ("tag:yaml.org,2002:map", _Located.construct_located_mapping),
     ("tag:yaml.org,2002:seq", _Located.construct_located_sequence),
     ("tag:yaml.org,2002:str", _Located.construct_substituted_str),
+    ("tag:yaml.org,2002:int", _Located.construct_bounded_int),
+    ("tag:yaml.org,2002:timestamp", _Located.construct_checked_timestamp),
 )
 for _loader in (LocatedLoader, _FastLocatedLoader):
     for _tag, _constructor in _CONSTRUCTORS:
@@ -343,15 +408,131 @@ for _loader in (LocatedLoader, _FastLocatedLoader):
 
 
 def parse_yaml(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
-    """The data of one YAML document and the issues found; data is ``None`` after a syntax error."""
-    if _CSafeLoader is not None:
+    """The data of one YAML document and the issues found; data is ``None`` after a syntax error or if the
+    document is beyond the bounds (control characters, nesting, aliases)."""
+    control_issues = _control_character_issues(text, path)
+    if control_issues:
+        return None, control_issues
+    fast = _CSafeLoader is not None
+    if fast:
         try:
-            return _build_from_events(text, path)
+            data, issues, aliased = _build_from_events(text, path)
         except _Unsupported:
-            return _parse_composed(text, path, fast=True)
+            pass
         except yaml.YAMLError:
-            pass  # parsed again below, for the pure-Python parser's wording of the problem
-    return _parse_composed(text, path, fast=False)
+            fast = False  # parsed again below, for the pure-Python parser's wording of the problem
+        else:
+            bound = _bounds_issue(text, path) if aliased else None
+            return (None, [bound]) if bound is not None else (data, issues)
+    # Composing a node tree recurses (in C for libyaml): the bounds are checked on the events first.
+    bound = _bounds_issue(text, path)
+    if bound is not None:
+        return None, [bound]
+    return _parse_composed(text, path, fast=fast)
+
+
+def _advance(text: str, offset: int, since: tuple[int, int, int] = (0, 1, 1)) -> tuple[int, int, int]:
+    """``(offset, line, column)`` of a character offset, counting from an earlier such triple."""
+    start, line, line_start = since[0], since[1], since[0] - since[2] + 1
+    for match in _LINE_BREAK.finditer(text, start, offset):
+        line, line_start = line + 1, match.end()
+    return offset, line, offset - line_start + 1
+
+
+def position_of(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of a character offset, with line breaks counted as PyYAML counts them."""
+    _, line, column = _advance(text, offset)
+    return line, column
+
+
+def _control_character_issues(text: str, path: str) -> list[ConfigIssue]:
+    """A control character (ESC, DEL, NUL, ...) where PyYAML would only say "unacceptable character", positioned;
+    the first one of each line, for the first few lines that have one."""
+    issues: list[ConfigIssue] = []
+    at = (0, 1, 1)
+    last_line = 0
+    for match in _NON_PRINTABLE.finditer(text):
+        at = _advance(text, match.start(), at)
+        if at[1] == last_line:
+            continue
+        last_line = at[1]
+        if len(issues) == _MAX_CONTROL_ISSUES:
+            issues.append(ConfigIssue(path, at[1], at[2], "more control characters follow (not listed)"))
+            break
+        code = ord(match[0])
+        issues.append(
+            ConfigIssue(
+                path,
+                at[1],
+                at[2],
+                f"control character U+{code:04X} is not allowed in a YAML file "
+                "(inside double quotes, an escape such as \\t or \\x1b writes one)",
+            )
+        )
+    return issues
+
+
+def _bounds_issue(text: str, path: str) -> ConfigIssue | None:
+    """Where the document nests deeper than MAX_DEPTH or its aliases add more than MAX_ALIAS_NODES nodes.
+
+    Read from the parser's events, which both parsers produce without recursion; a syntax error ends the scan
+    (the parse that follows reports it, no deeper than the scan got). libyaml refuses a flow nested 1000 deep
+    with a syntax error of its own before any event, so after an error the pure-Python parser has a look.
+    """
+    for loader_class in (_CSafeLoader, yaml.SafeLoader) if _CSafeLoader is not None else (yaml.SafeLoader,):
+        try:
+            return _scan_bounds(loader_class(text), path)
+        except yaml.YAMLError:
+            continue
+    return None
+
+
+def _scan_bounds(loader: Any, path: str) -> ConfigIssue | None:
+    open_containers: list[list[int]] = []  # [nodes, levels] of each container being read
+    open_anchors: list[str | None] = []
+    anchors: dict[str, tuple[int, int]] = {}  # name -> nodes, levels
+    added = 0
+
+    def issue(event: Any, message: str) -> ConfigIssue:
+        return ConfigIssue(path, event.start_mark.line + 1, event.start_mark.column + 1, message)
+
+    def add(nodes: int, levels: int) -> None:
+        if open_containers:
+            parent = open_containers[-1]
+            parent[0] += nodes
+            parent[1] = max(parent[1], levels + 1)
+
+    try:
+        while True:
+            event = loader.get_event()
+            kind = type(event)
+            if kind is MappingStartEvent or kind is SequenceStartEvent:
+                if len(open_containers) >= MAX_DEPTH:
+                    return issue(event, f"lists and mappings are nested more than {MAX_DEPTH} levels deep here")
+                open_containers.append([1, 1])
+                open_anchors.append(event.anchor)
+            elif kind is MappingEndEvent or kind is SequenceEndEvent:
+                nodes, levels = open_containers.pop()
+                anchor = open_anchors.pop()
+                if anchor is not None:
+                    anchors[anchor] = (nodes, levels)
+                add(nodes, levels)
+            elif kind is ScalarEvent:
+                if event.anchor is not None:
+                    anchors[event.anchor] = (1, 0)
+                add(1, 0)
+            elif kind is AliasEvent:
+                nodes, levels = anchors.get(event.anchor, (1, 0))  # an undefined one is the parse's to report
+                added += nodes
+                if added > MAX_ALIAS_NODES:
+                    return issue(event, f"aliases repeat more than {MAX_ALIAS_NODES:,} nodes in this file")
+                if len(open_containers) + levels > MAX_DEPTH:
+                    return issue(event, f"this alias nests lists and mappings more than {MAX_DEPTH} levels deep")
+                add(nodes, levels)
+            elif kind is StreamEndEvent:
+                return None
+    finally:
+        loader.dispose()
 
 
 def _parse_composed(text: str, path: str, *, fast: bool) -> tuple[Any, list[ConfigIssue]]:
@@ -367,12 +548,24 @@ def _parse_composed(text: str, path: str, *, fast: bool) -> tuple[Any, list[Conf
     loader = LocatedLoader(text, path)
     try:
         return loader.get_single_data(), loader.issues
+    except RecursionError:  # not expected after the bounds check; a refusal all the same, never a crash
+        return None, [*loader.issues, ConfigIssue(path, 1, 1, "lists and mappings are nested too deep")]
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         # PyYAML's context is either "while scanning ..." (noise for a technician) or the first half of the sentence.
         problem = error.problem or "invalid YAML"
-        if error.context and not error.context.startswith("while"):
+        context = error.context_mark
+        plain = explain(
+            text,
+            problem,
+            error.context,
+            (line - 1, column - 1),
+            (context.line, context.column) if context is not None else None,
+        )
+        if plain is not None:
+            line, column, problem = plain.line, plain.column, plain.message
+        elif error.context and not error.context.startswith("while"):
             problem = f"{error.context}, {problem}"
         return None, [*loader.issues, ConfigIssue(path, line, column, f"YAML syntax: {problem}")]
     except yaml.YAMLError as error:
@@ -409,6 +602,8 @@ def _construct_plain(loader: Any, text: str) -> Any:
         raise _Unsupported(tag)  # `<<` (a merge key) and `=` (the value tag)
     try:
         return loader.yaml_constructors[tag](loader, ScalarNode(tag, text))
+    except _ScalarProblem:
+        raise
     except Exception as error:  # e.g. an impossible timestamp: the node loader reports it as before
         raise _Unsupported(tag) from error
 
@@ -428,25 +623,28 @@ class _Open:
         self.first_lines: dict[Any, int] = {}  # of the keys given twice or more
 
 
-def _build_from_events(text: str, path: str) -> tuple[Any, list[ConfigIssue]]:
+def _build_from_events(text: str, path: str) -> tuple[Any, list[ConfigIssue], bool]:
+    """The data, the issues, and whether an alias repeated a list or mapping (then the bounds need a look)."""
     loader = _FastLocatedLoader(text, path)
     try:
-        return _build(loader, path), loader.issues
+        data, aliased = _build(loader, path)
+        return data, loader.issues, aliased
     finally:
         loader.dispose()
 
 
-def _build(loader: Any, path: str) -> Any:
+def _build(loader: Any, path: str) -> tuple[Any, bool]:
     issues: list[ConfigIssue] = loader.issues
     get_event = loader.get_event
     get_event()  # StreamStartEvent
     if isinstance(get_event(), StreamEndEvent):
-        return None  # an empty file
+        return None, False  # an empty file
     plain: dict[str, Any] = {}  # plain scalar text -> its value: resolved and constructed once per text
     quoted: dict[str, str] = {}
     anchors: dict[str, tuple[Any, Mark, bool]] = {}  # name -> value, its node's mark, whether a container
     named: set[str] = set()  # anchors defined so far, finished or not
     stack: list[_Open] = []
+    aliased = False
     column_bits, key_bits, column_mask, lines_mask = _COLUMN_BITS, _KEY_BITS, _COLUMN_MASK, _LINES_MASK
     while True:
         event = get_event()
@@ -462,11 +660,22 @@ def _build(loader: Any, path: str) -> Any:
             if event.implicit[0]:
                 value = plain.get(text, _MISSING)
                 if value is _MISSING:
-                    value = _construct_plain(loader, text)
-                    if value == value:  # a NaN is unequal to itself: a shared one would make duplicate keys
-                        plain[text] = value
+                    try:
+                        value = _construct_plain(loader, text)
+                    except _ScalarProblem as problem:
+                        issues.append(ConfigIssue(path, line, column, str(problem)))
+                        value = text
+                    else:
+                        if value == value:  # a NaN is unequal to itself: a shared one would make duplicate keys
+                            plain[text] = value
             else:
-                value = quoted.setdefault(text, text)
+                value = quoted.get(text, _MISSING)
+                if value is _MISSING:
+                    if not _is_text(text):
+                        issues.append(ConfigIssue(path, line, column, _NOT_TEXT))
+                    else:
+                        quoted[text] = text
+                    value = text
             if type(value) is str and "$" in value:
                 value = _substitute_environment(value, Mark(path, line, column), issues)
             is_container = False
@@ -485,6 +694,8 @@ def _build(loader: Any, path: str) -> Any:
         elif kind is MappingStartEvent or kind is SequenceStartEvent:
             if event.tag is not None:
                 raise _Unsupported(event.tag)
+            if len(stack) >= MAX_DEPTH:
+                raise _Unsupported("too deep")  # reported by the bounds check of the fallback
             anchor = event.anchor
             if anchor is not None:
                 if anchor in named:
@@ -499,6 +710,7 @@ def _build(loader: Any, path: str) -> Any:
             if entry is None:
                 raise _Unsupported(event.anchor)  # undefined, or an alias inside its own anchor
             value, mark, is_container = entry
+            aliased = aliased or is_container
             line, column = mark.line, mark.column
         else:
             raise _Unsupported(kind.__name__)
@@ -534,22 +746,56 @@ def _build(loader: Any, path: str) -> Any:
     get_event()  # DocumentEndEvent
     if not isinstance(get_event(), StreamEndEvent):
         raise _Unsupported("several documents")  # the node loader reports it
-    return value
+    return value, aliased
+
+
+class _NotReadable(Exception):
+    """A file that is not read at all: a folder, a device, a pipe, or one too large to be configuration."""
+
+
+def _read_bounded(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; a FIFO or a device would block or never end."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(descriptor).st_mode
+    except OSError:
+        os.close(descriptor)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise _NotReadable(
+            "this is a folder, not a YAML file"
+            if stat.S_ISDIR(mode)
+            else "not a regular file (a device, a pipe or a socket)"
+        )
+    with os.fdopen(descriptor, "rb") as file:
+        content = file.read(MAX_FILE_BYTES + 1)
+    if len(content) > MAX_FILE_BYTES:
+        raise _NotReadable(f"the file is larger than {MAX_FILE_BYTES >> 20} MiB: too large for configuration")
+    return content
 
 
 def read_yaml(path: Path) -> YamlDocument:
     """Read and parse one file; an unreadable, non-text or empty file becomes an issue, never an exception."""
     document = YamlDocument(path, None)
     try:
-        text = path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        document.issues.append(document.start.issue("this is a folder, not a YAML file"))
-        return document
-    except UnicodeDecodeError:
-        document.issues.append(document.start.issue("not a text file (it is not valid UTF-8)"))
+        content = _read_bounded(path)
+    except _NotReadable as problem:
+        document.issues.append(document.start.issue(str(problem)))
         return document
     except OSError as error:
         document.issues.append(document.start.issue(f"cannot read the file: {error.strerror or error}"))
+        return document
+    except ValueError:  # a NUL in the name: only a path from another file can have one, and those are checked
+        document.issues.append(document.start.issue("cannot read the file: its name contains a NUL character"))
+        return document
+    try:
+        text = content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        valid = content[: error.start].decode("utf-8")
+        line, column = position_of(valid, len(valid))
+        message = "not a text file (it is not valid UTF-8)" if not valid else "not valid UTF-8 text from here on"
+        document.issues.append(ConfigIssue(str(path), line, column, message))
         return document
     document.data, document.issues = parse_yaml(text, str(path))
     if document.data is None and not document.issues:

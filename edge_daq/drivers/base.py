@@ -10,21 +10,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-from edge_daq.config.units import Duration
+# NAME_PATTERN and StrictModel live in edge_daq.config.types; re-exported here for older imports.
+from edge_daq.config.types import NAME_PATTERN as NAME_PATTERN
+from edge_daq.config.types import Interval, Timeout
+from edge_daq.config.types import StrictModel as StrictModel
+from edge_daq.config.yaml_loader import LocatedDict
 from edge_daq.errors import DriverError
+from edge_daq.processing.computed import ComputedPoint
 from edge_daq.record import FieldValue
-
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$"
-
-
-class StrictModel(BaseModel):
-    """Base of every config model: unknown keys are errors, so a typo is never silently ignored."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+from edge_daq.stats import LinkStats
 
 
 class InstrumentConfig(StrictModel):
@@ -32,11 +30,12 @@ class InstrumentConfig(StrictModel):
 
     name: str = Field(pattern=NAME_PATTERN)
     profile: str | None = None
-    driver: str
-    interval: Duration = 1.0
-    timeout: Duration = 1.0
+    driver: str  # the registry's name of the driver (edge_daq.drivers): the union picks the model by it
+    interval: Interval = 1.0  # 1 ms to 1 day: zero, NaN or infinity cannot be scheduled
+    timeout: Timeout = 1.0  # 1 ms to 1 hour
     measurement: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    computed: list[ComputedPoint] = Field(default_factory=list, max_length=256)  # edge_daq.processing.computed
 
     @property
     def measurement_name(self) -> str:
@@ -47,6 +46,17 @@ class InstrumentConfig(StrictModel):
         return {}
 
 
+@dataclass(frozen=True, slots=True)
+class PlacedInstrument:
+    """A validated instrument with the YAML mapping it came from (after the profile merge), for positions.
+
+    What a driver's gateway checks (see :mod:`edge_daq.drivers`) are given.
+    """
+
+    config: InstrumentConfig
+    source: LocatedDict
+
+
 @dataclass(slots=True)
 class PollResult:
     """What one poll read. Points that could not be read are absent from ``fields`` and named in ``failed``."""
@@ -54,10 +64,16 @@ class PollResult:
     fields: dict[str, FieldValue]
     failed: list[str] = field(default_factory=list)
     errors: list[DriverError] = field(default_factory=list)
+    samples: list[tuple[int, dict[str, FieldValue]]] | None = None
+    """Values that carry their own time (ns), such as the data changes of an OPC UA subscription since the last
+    poll: when set, each becomes a record at its time and ``fields`` is not used."""
 
 
 class Link(ABC):
     """One physical connection (a TCP socket, a serial port) shared by every instrument behind it."""
+
+    stats: LinkStats
+    """The wire's counters (late replies, garbled frames); set by each link, kept by the daemon across reloads."""
 
     @abstractmethod
     async def open(self) -> None:
@@ -99,9 +115,6 @@ class Instrument(ABC, Generic[ConfigT, LinkT]):
 
 class DriverPlugin(ABC, Generic[ConfigT, LinkT]):
     """The registry entry of a driver: one per ``driver:`` value."""
-
-    name: ClassVar[str]
-    config_model: ClassVar[type[InstrumentConfig]]
 
     @abstractmethod
     def link_key(self, config: ConfigT) -> str:

@@ -11,6 +11,11 @@ setting it raw with the stdlib ``termios`` is a few lines, fully typed, and lets
 be flushed (``tcflush``) right before a request, which is what keeps a late reply from being taken for the
 next one.
 
+The receive buffer is bounded (:attr:`ByteChannel.limit`): a peer that streams without end, or a reply far
+longer than the protocol allows, fills it to the limit, the channel stops reading (the kernel's buffers and
+TCP flow control hold back the rest) and marks itself :attr:`~ByteChannel.overflowed`; the driver then
+reports the error and closes the channel, which is the only sure way back in step with such a peer.
+
 A USB adapter that is unplugged makes the descriptor hang up (``read`` returns EIO or end of file): the
 channel marks itself lost, the scheduler closes it and reopens it with backoff, and :meth:`SerialChannel.open`
 reports a missing device path clearly until the adapter is back.
@@ -33,6 +38,7 @@ from edge_daq.errors import DriverConnectionError
 Parity = Literal["N", "E", "O"]
 
 _READ_CHUNK = 4096
+DEFAULT_INPUT_LIMIT = 64 * 1024
 
 
 class ByteChannel(ABC):
@@ -45,6 +51,10 @@ class ByteChannel(ABC):
         self.opened = False
         self.last_received = 0.0
         """Loop time of the last bytes received (for inter-frame silence)."""
+        self.limit = DEFAULT_INPUT_LIMIT
+        """Bytes the receive buffer holds at most; what comes beyond them is not read (see :attr:`overflowed`)."""
+        self.overflowed = False
+        """Set when the buffer reached :attr:`limit`; cleared when the channel is opened again."""
 
     @property
     @abstractmethod
@@ -62,6 +72,10 @@ class ByteChannel(ABC):
     @abstractmethod
     def _flush_os_input(self) -> None: ...
 
+    @abstractmethod
+    def _pause_input(self) -> None:
+        """Stop reading from the device until the channel is opened again."""
+
     @property
     def is_open(self) -> bool:
         return self.opened and self._lost is None
@@ -70,9 +84,18 @@ class ByteChannel(ABC):
         self.buffer.clear()
         self._data_event = asyncio.Event()
         self._lost = None
+        self.overflowed = False
 
     def _received(self, data: bytes) -> None:
-        self.buffer += data
+        if self.overflowed:
+            return
+        room = self.limit - len(self.buffer)
+        if len(data) > room:
+            self.buffer += data[: max(room, 0)]
+            self.overflowed = True
+            self._pause_input()
+        else:
+            self.buffer += data
         self.last_received = asyncio.get_running_loop().time()
         self._data_event.set()
 
@@ -246,6 +269,10 @@ class SerialChannel(ByteChannel):
             return
         self._received(data)
 
+    def _pause_input(self) -> None:
+        if self._fd is not None:
+            asyncio.get_running_loop().remove_reader(self._fd)
+
     def _hang_up(self, reason: str) -> None:
         if self._fd is not None:
             asyncio.get_running_loop().remove_reader(self._fd)
@@ -298,16 +325,25 @@ class SerialChannel(ByteChannel):
 class _ChannelProtocol(asyncio.Protocol):
     def __init__(self, channel: TcpChannel) -> None:
         self.channel = channel
+        self.connection = channel.connections
+        """Which of the channel's connections this is: a closed one's late callbacks must not reach the next."""
+
+    @property
+    def current(self) -> bool:
+        return self.connection == self.channel.connections
 
     def data_received(self, data: bytes) -> None:
-        self.channel._received(data)
+        if self.current:
+            self.channel._received(data)
 
     def eof_received(self) -> bool | None:
-        self.channel._connection_lost("the peer closed the connection")
+        if self.current:
+            self.channel._connection_lost("the peer closed the connection")
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.channel._connection_lost("connection lost" if exc is None else f"connection lost ({exc})")
+        if self.current:
+            self.channel._connection_lost("connection lost" if exc is None else f"connection lost ({exc})")
 
 
 class TcpChannel(ByteChannel):
@@ -320,6 +356,8 @@ class TcpChannel(ByteChannel):
         self.connect_timeout = connect_timeout
         self.scheme = scheme
         self._transport: asyncio.Transport | None = None
+        self.connections = 0
+        """Incremented at each open and close."""
 
     @property
     def describe(self) -> str:
@@ -328,6 +366,7 @@ class TcpChannel(ByteChannel):
     async def open(self) -> None:
         await self.close()
         self._reset()
+        self.connections += 1
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout):
@@ -345,6 +384,10 @@ class TcpChannel(ByteChannel):
         """Bytes still in the kernel's socket buffer reach :meth:`_received` on the next loop turn; the
         drivers cope by matching replies to their request, not by trusting the first bytes."""
 
+    def _pause_input(self) -> None:
+        if self._transport is not None:
+            self._transport.pause_reading()
+
     async def _write(self, data: bytes) -> None:
         assert self._transport is not None
         self._transport.write(data)
@@ -352,6 +395,7 @@ class TcpChannel(ByteChannel):
     async def close(self) -> None:
         transport, self._transport = self._transport, None
         self.opened = False
+        self.connections += 1
         if transport is not None:
             transport.abort()
         self._data_event.set()

@@ -26,11 +26,13 @@ Sample (rig file)::
       milestones: [168h, 500h, 1000h]
     failures:
       confirm: 2                               # or IPC-style: {events: 3, within: 10m}
+                                               # or in cycles: {events: 10, within_fraction: 0.1}
       rules:
         - {name: over_current, field: oc, equals: true, mode: short}
         - {name: open, field: i, below: 1.0, mode: open}
         - {name: drift, field: i, drift: 0.10, mode: parametric drift}
         - {name: spike, field: i, max_change: 5, per: 1s, confirm: {events: 3, within: 10m}}
+        - {name: intermittent, field: events, rises: true, confirm: {events: 4, within_cycles: 5}}
 """
 
 from __future__ import annotations
@@ -39,8 +41,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from edge_daq.config.types import NAME_PATTERN, StrictModel
 from edge_daq.config.units import Duration
-from edge_daq.drivers.base import NAME_PATTERN, StrictModel
+from edge_daq.writes.action_config import WriteAction
 
 TestKind = Literal[
     "HTOL", "burn-in", "ELFR", "TC", "THB", "HAST", "endurance", "vibration", "fatigue", "custom"
@@ -57,7 +60,7 @@ def _number_as_text(value: object) -> object:
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-Text = Annotated[str, BeforeValidator(_number_as_text)]
+Text = Annotated[str, BeforeValidator(_number_as_text, json_schema_input_type=str | int)]
 """A string that may be written as a bare number (``wafer: 7``, ``slot: 1``)."""
 
 
@@ -176,20 +179,60 @@ class StressConfig(StrictModel):
 class ConfirmWindow(StrictModel):
     """IPC-style confirmation: the first violation is a candidate, confirmed by further ones within a window.
 
-    A failure is confirmed when ``events`` violations of the rule (the candidate included) fall within
-    ``within`` of stress time after the candidate; the failure is back-dated to the candidate. Polls between
-    them may be good. A candidate not confirmed in time is dropped: the next violation in its window, if any,
-    becomes the candidate.
+    A failure is confirmed when ``events`` violations of the rule (the candidate included) fall within the
+    window after the candidate; the failure is back-dated to the candidate. Polls between them may be good.
+    A candidate not confirmed in time is dropped: the next violation in its window, if any, becomes the
+    candidate. The window is one of:
+
+    - ``within``: stress time after the candidate (paused and excluded stretches do not count);
+    - ``within_cycles``: cycles (or drops, or any counted stress) after the candidate's cycle count;
+    - ``within_fraction``: a fraction of the cycle count at the candidate (IPC-9701 / IPC-SM-785: 10
+      events within 10 % of the cycles to the first is ``{events: 10, within_fraction: 0.1}``).
+
+    Cycles are the rig's ``stress.cycling`` count, or ``cycles_from``: a counter point (``rig.drop_count``).
     """
 
     events: int = Field(ge=2, le=1000)
     """Violations in the window that confirm a failure, the first (the candidate) included."""
-    within: Duration = Field(gt=0)
+    within: Duration | None = Field(default=None, gt=0)
     """Stress time after the candidate (paused and excluded stretches do not count)."""
+    within_cycles: float | None = Field(default=None, ge=0)
+    """Cycles after the candidate's cycle count (0: in the same cycle)."""
+    within_fraction: float | None = Field(default=None, gt=0, le=10)
+    """A fraction of the cycle count at the candidate (0.1: within 10 % of the cycles to the first event)."""
+    cycles_from: str | None = Field(default=None, pattern=POINT_REF_PATTERN)
+    """A counter point that counts the cycles (``rig.drop_count``); default: the rig's ``stress.cycling``."""
+
+    @model_validator(mode="after")
+    def _one_window(self) -> ConfirmWindow:
+        windows = sum(value is not None for value in (self.within, self.within_cycles, self.within_fraction))
+        if windows != 1:
+            raise ValueError("a confirmation window needs exactly one of within, within_cycles, within_fraction")
+        if self.cycles_from is not None and self.within is not None:
+            raise ValueError("cycles_from goes with within_cycles or within_fraction (a window counted in cycles)")
+        return self
+
+    @property
+    def in_cycles(self) -> bool:
+        return self.within is None
+
+    def holds(
+        self, candidate_stress_s: float, candidate_cycles: float | None, stress_s: float, cycles: float | None
+    ) -> bool:
+        """Whether a violation at (``stress_s``, ``cycles``) is inside the window of the candidate's."""
+        if self.within is not None:
+            return stress_s - candidate_stress_s <= self.within
+        if candidate_cycles is None or cycles is None:
+            return False
+        width = (
+            self.within_cycles if self.within_cycles is not None else (self.within_fraction or 0.0) * candidate_cycles
+        )
+        return cycles - candidate_cycles <= width
 
 
 Confirm = Annotated[int, Field(ge=1)] | ConfirmWindow
-"""``confirm: 3`` (violations on consecutive polls) or ``confirm: {events: 3, within: 10m}``."""
+"""``confirm: 3`` (violations on consecutive polls) or a window: ``confirm: {events: 3, within: 10m}``,
+``{events: 4, within_cycles: 5}`` or ``{events: 10, within_fraction: 0.1}``."""
 
 
 class FailureRule(StrictModel):
@@ -206,18 +249,24 @@ class FailureRule(StrictModel):
     """Spike / rate of change: |x - xg| > max_change, xg the value on the DUT's last known-good poll."""
     max_relative_change: float | None = Field(default=None, gt=0)
     """Relative spike: |x/xg - 1| > max_relative_change (a fraction: 0.2 is 20 %)."""
+    rises: Literal[True] | None = None
+    """The field is a latched event count (an event detector's): a rise of n since the DUT's previous poll is
+    n violations at once; a fall (the count was cleared) is none, and the count goes on from there."""
     per: Duration | None = Field(default=None, gt=0)
     """With a change limit: the limit is a rate, the change per this much acquisition time (``per: 1s``)."""
     mode: str | None = None
     """Failure mode written to the life table (default: the rule's name)."""
     confirm: Confirm | None = None
+    on_failure: list[WriteAction] | None = None
+    """Protective writes when this rule confirms a failure (instead of ``failures.on_failure``)."""
 
     @model_validator(mode="after")
     def _one_test(self) -> FailureRule:
-        tests = (self.above, self.below, self.equals, self.drift, self.max_change, self.max_relative_change)
+        tests = (self.above, self.below, self.equals, self.drift, self.max_change, self.max_relative_change, self.rises)
         if sum(value is not None for value in tests) != 1:
             raise ValueError(
-                "a failure rule needs exactly one of above, below, equals, drift, max_change, max_relative_change"
+                "a failure rule needs exactly one of above, below, equals, drift, max_change, max_relative_change,"
+                " rises"
             )
         if self.per is not None and self.max_change is None and self.max_relative_change is None:
             raise ValueError("per goes with max_change or max_relative_change (a rate of change)")
@@ -236,6 +285,8 @@ class FailuresConfig(StrictModel):
     when: list[Condition] | None = None
     """Rules are judged only while these hold (default: the stress condition, so bias off is no failure)."""
     rules: list[FailureRule] = Field(min_length=1)
+    on_failure: list[WriteAction] = Field(default_factory=list)
+    """Protective writes on a confirmed failure; ``{socket}`` in a point is the failed DUT's socket."""
 
 
 class TestConfig(StrictModel):
@@ -245,3 +296,6 @@ class TestConfig(StrictModel):
 
     id: str = Field(pattern=NAME_PATTERN)
     kind: TestKind = "custom"
+    on_start: list[WriteAction] = Field(default_factory=list)
+    """Writes when a test starts (from the YAML or ``edge-daq test start``)."""
+    on_stop: list[WriteAction] = Field(default_factory=list)

@@ -9,7 +9,7 @@ measurement). So drivers need no change and every check on points (overlapping r
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from pydantic import TypeAdapter, ValidationError
@@ -84,18 +84,30 @@ def validate_duts(raw: LocatedList) -> tuple[list[DutConfig], ValidationError | 
         return [], error
 
 
-def dut_issues(duts: Sequence[tuple[DutConfig, Mark]], channel_instruments: Sequence[str]) -> list[ConfigIssue]:
-    """Two DUTs in one socket, a serial used twice, a DUT on an instrument without channels."""
+def dut_issues(
+    duts: Sequence[tuple[DutConfig, Mark]],
+    channel_instruments: Sequence[str],
+    unresolved: Collection[str | None] = (),
+) -> list[ConfigIssue]:
+    """Two DUTs in one socket, a serial used twice, a DUT on an instrument without channels.
+
+    ``unresolved``: instruments whose profile failed to load (reported there), so whether they have channels
+    is unknown: a DUT on one of them, or one without an instrument while there are some, is not reported.
+    """
     issues = []
     places: dict[tuple[str, int], Mark] = {}
     serials: dict[str, Mark] = {}
     for dut, mark in duts:
-        instrument = dut.instrument or (channel_instruments[0] if len(channel_instruments) == 1 else None)
+        alone = len(channel_instruments) == 1 and not unresolved
+        instrument = dut.instrument or (channel_instruments[0] if alone else None)
         if instrument is None:
-            known = ", ".join(channel_instruments) or "none"
-            issues.append(mark.issue(f"DUT {dut.serial!r}: give its instrument (instruments with channels: {known})"))
+            if not unresolved:
+                known = ", ".join(channel_instruments) or "none"
+                issues.append(
+                    mark.issue(f"DUT {dut.serial!r}: give its instrument (instruments with channels: {known})")
+                )
             continue
-        if instrument not in channel_instruments:
+        if instrument not in channel_instruments and instrument not in unresolved:
             issues.append(mark.issue(f"DUT {dut.serial!r}: instrument {instrument!r} has no channels: key"))
         if (earlier := places.get((instrument, dut.socket))) is not None:
             issues.append(mark.issue(f"socket {dut.socket} of {instrument!r} already holds a DUT ({earlier})"))
@@ -106,8 +118,13 @@ def dut_issues(duts: Sequence[tuple[DutConfig, Mark]], channel_instruments: Sequ
     return issues
 
 
+InvalidReporter = Callable[[ValidationError, object, Mark], list[ConfigIssue]]
+"""Turns a validation error of ``channels:`` (its data, its position) into issues: the loader's wording,
+passed in so that this module does not import the loader, which imports it."""
+
+
 def expand_channels(
-    source: LocatedDict, duts: Sequence[DutConfig], channel_instruments: Sequence[str]
+    source: LocatedDict, duts: Sequence[DutConfig], channel_instruments: Sequence[str], invalid: InvalidReporter
 ) -> list[ConfigIssue]:
     """Replace ``channels:`` of an instrument mapping (in place) by the points it stands for."""
     raw = source.pop("channels")
@@ -116,9 +133,7 @@ def expand_channels(
     try:
         channels = ChannelsConfig.model_validate(raw)
     except ValidationError as error:
-        from edge_daq.config.loader import validation_issues  # the loader imports this module
-
-        return validation_issues(error.errors(), raw, mark, root=ChannelsConfig)
+        return invalid(error, raw, mark)
     name = source.get("name")
     by_socket: dict[int, DutConfig] = {}
     for dut in duts:

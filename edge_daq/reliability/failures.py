@@ -7,20 +7,28 @@ DUT was known good before it is kept: together they are the interval that censor
 Rate-of-change (spike) rules compare a value with the DUT's value on its last known-good poll, not with the
 previous poll: a step stays a violation until it is confirmed (or the DUT comes back), and a one-poll glitch
 is a single violation.
+
+Event-count rules (``rises: true``) judge a latched counter, an event detector's: a rise of n since the DUT's
+previous poll is n violations at once. Windows counted in cycles take the cycle count from a callable the
+engine passes (the rig's ``stress.cycling`` count or a counter point); a failure keeps the cycle count at its
+first violation and at its confirmation.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge_daq.reliability.config import ConfirmWindow, DutConfig, FailureRule, FailuresConfig
+from edge_daq.reliability.enums import DutStatus
 
-STATUS_ACTIVE, STATUS_FAILED, STATUS_REMOVED = "active", "failed", "removed"
 NS = 1_000_000_000
+
+CycleCount = Callable[[str | None], float | None]
+"""The cycle count now: of a counter point (``cycles_from``), or with None of the rig's own cycle count."""
 
 
 def _number(value: object) -> float | None:
@@ -114,6 +122,18 @@ class Streak:
     first_ns: int
     first_stress_s: float
     value: float
+    first_cycles: float | None = None
+
+    def to_json(self) -> list[Any]:
+        data: list[Any] = [self.count, self.first_ns, self.first_stress_s, self.value]
+        return data if self.first_cycles is None else [*data, self.first_cycles]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Streak:
+        cycles = data[4] if len(data) > 4 else None
+        return cls(
+            int(data[0]), int(data[1]), float(data[2]), float(data[3]), None if cycles is None else float(cycles)
+        )
 
 
 @dataclass(slots=True)
@@ -126,13 +146,102 @@ class Candidate:
     last_good_ns: int | None
     last_good_stress_s: float | None
     before: dict[str, Any]
+    cycles: float | None = None
+    """The cycle count at this violation (windows counted in cycles)."""
+    events: int = 1
+    """Violations it stands for: a rise of an event count by n is n events."""
 
     def to_json(self) -> list[Any]:
-        return [self.time_ns, self.stress_s, self.value, self.last_good_ns, self.last_good_stress_s, self.before]
+        data = [self.time_ns, self.stress_s, self.value, self.last_good_ns, self.last_good_stress_s, self.before]
+        return data if self.cycles is None and self.events == 1 else [*data, self.cycles, self.events]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Candidate:
-        return cls(int(data[0]), float(data[1]), float(data[2]), data[3], data[4], dict(data[5]))
+        cycles = data[6] if len(data) > 6 else None
+        events = int(data[7]) if len(data) > 7 else 1
+        return cls(
+            int(data[0]), float(data[1]), float(data[2]), data[3], data[4], dict(data[5]),
+            None if cycles is None else float(cycles), events,
+        )  # fmt: skip
+
+
+@dataclass(slots=True)
+class Failure:
+    """A DUT's confirmed failure: back-dated to its first violation, with the last known-good poll before it."""
+
+    rule: str
+    mode: str
+    field: str
+    limit: str
+    value: float
+    """The first violation's value."""
+    time_ns: int
+    stress_s: float
+    detected_ns: int
+    """When the failure was confirmed (``events`` violations)."""
+    detected_stress_s: float
+    events: int
+    last_good_ns: int | None
+    last_good_stress_s: float | None
+    before: dict[str, Any]
+    """The fields of the last known-good poll."""
+    after: dict[str, Any]
+    """The fields of the poll that confirmed it."""
+    cycles: float | None = None
+    """The cycle count at the first violation, when the rig counts cycles."""
+    detected_cycles: float | None = None
+    readout: int | None = None
+    """The readout (1, 2, ...) whose ATE results found it, for a failure found out of the chamber."""
+
+    def to_json(self) -> dict[str, Any]:
+        data = {
+            "rule": self.rule,
+            "mode": self.mode,
+            "field": self.field,
+            "limit": self.limit,
+            "value": self.value,
+            "time_ns": self.time_ns,
+            "stress_s": self.stress_s,
+            "detected_ns": self.detected_ns,
+            "detected_stress_s": self.detected_stress_s,
+            "events": self.events,
+            "last_good_ns": self.last_good_ns,
+            "last_good_stress_s": self.last_good_stress_s,
+            "before": self.before,
+            "after": self.after,
+        }
+        # Only when set: a state of an earlier release writes back key for key.
+        for key in ("cycles", "detected_cycles", "readout"):
+            if (value := getattr(self, key)) is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Failure:
+        last_good_ns, last_good_stress_s = data.get("last_good_ns"), data.get("last_good_stress_s")
+        return cls(
+            rule=str(data["rule"]),
+            mode=str(data["mode"]),
+            field=str(data["field"]),
+            limit=str(data["limit"]),
+            value=float(data["value"]),
+            time_ns=int(data["time_ns"]),
+            stress_s=float(data["stress_s"]),
+            detected_ns=int(data["detected_ns"]),
+            detected_stress_s=float(data["detected_stress_s"]),
+            events=int(data.get("events", 1)),
+            last_good_ns=None if last_good_ns is None else int(last_good_ns),
+            last_good_stress_s=None if last_good_stress_s is None else float(last_good_stress_s),
+            before=dict(data.get("before", {})),
+            after=dict(data.get("after", {})),
+            cycles=_optional_float(data.get("cycles")),
+            detected_cycles=_optional_float(data.get("detected_cycles")),
+            readout=None if data.get("readout") is None else int(data["readout"]),
+        )
+
+
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]  # a JSON number
 
 
 @dataclass(slots=True)
@@ -142,7 +251,7 @@ class DutState:
     identity: dict[str, str]
     instrument: str
     socket: int
-    status: str = STATUS_ACTIVE
+    status: DutStatus = DutStatus.ACTIVE
     samples: dict[str, list[float]] = field(default_factory=dict)
     baseline: dict[str, float] = field(default_factory=dict)
     streaks: dict[str, Streak] = field(default_factory=dict)
@@ -151,25 +260,39 @@ class DutState:
     last_good_ns: int | None = None
     last_good_stress_s: float | None = None
     last_good_fields: dict[str, Any] = field(default_factory=dict)
-    failure: dict[str, Any] | None = None
+    failure: Failure | None = None
     removed_stress_s: float | None = None
+    counters: dict[str, float] = field(default_factory=dict)
+    """Per event-count field: its value on the DUT's previous poll."""
+    readouts: list[list[Any]] = field(default_factory=list)
+    """ATE results at each readout it was tested at: ``[readout, stress_s, passed, bin]``."""
+
+    @property
+    def last_pass_stress_s(self) -> float | None:
+        """Stress time of the last readout it passed (None: it passed none)."""
+        return next((float(r[1]) for r in reversed(self.readouts) if r[2]), None)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        data = {
             "identity": self.identity,
             "instrument": self.instrument,
             "socket": self.socket,
             "status": self.status,
             "samples": self.samples,
             "baseline": self.baseline,
-            "streaks": {name: [s.count, s.first_ns, s.first_stress_s, s.value] for name, s in self.streaks.items()},
+            "streaks": {name: streak.to_json() for name, streak in self.streaks.items()},
             "candidates": {name: [c.to_json() for c in items] for name, items in self.candidates.items()},
             "last_good_ns": self.last_good_ns,
             "last_good_stress_s": self.last_good_stress_s,
             "last_good_fields": self.last_good_fields,
-            "failure": self.failure,
+            "failure": None if self.failure is None else self.failure.to_json(),
             "removed_stress_s": self.removed_stress_s,
         }
+        if self.counters:  # only when used: a state of an earlier release writes back key for key
+            data["counters"] = self.counters
+        if self.readouts:
+            data["readouts"] = self.readouts
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DutState:
@@ -177,16 +300,18 @@ class DutState:
             identity=dict(data["identity"]),
             instrument=str(data["instrument"]),
             socket=int(data["socket"]),
-            status=str(data["status"]),
+            status=DutStatus(data["status"]),
             samples={k: list(v) for k, v in data.get("samples", {}).items()},
             baseline=dict(data.get("baseline", {})),
-            streaks={k: Streak(int(v[0]), int(v[1]), float(v[2]), float(v[3])) for k, v in data["streaks"].items()},
+            streaks={k: Streak.from_json(v) for k, v in data["streaks"].items()},
             candidates={k: [Candidate.from_json(c) for c in v] for k, v in data.get("candidates", {}).items()},
             last_good_ns=data.get("last_good_ns"),
             last_good_stress_s=data.get("last_good_stress_s"),
             last_good_fields=dict(data.get("last_good_fields", {})),
-            failure=data.get("failure"),
+            failure=None if data.get("failure") is None else Failure.from_json(data["failure"]),
             removed_stress_s=data.get("removed_stress_s"),
+            counters={str(k): float(v) for k, v in data.get("counters", {}).items()},
+            readouts=[list(r) for r in data.get("readouts", [])],
         )
 
     @classmethod
@@ -200,31 +325,46 @@ class FailureDetector:
     def __init__(self, config: FailuresConfig) -> None:
         self.config = config
         self._drift_fields = sorted({rule.field for rule in config.rules if rule.drift is not None})
+        self._counter_fields = sorted({rule.field for rule in config.rules if rule.rises})
 
     def confirmation(self, rule: FailureRule) -> int | ConfirmWindow:
         return rule.confirm if rule.confirm is not None else self.config.confirm
 
-    def observe(self, dut: DutState, fields: Mapping[str, Any], time_ns: int, stress_s: float) -> dict[str, Any] | None:
-        """Judge one record (taken under stress); the failure details when this record confirms one."""
-        if dut.status != STATUS_ACTIVE:
+    def observe(
+        self,
+        dut: DutState,
+        fields: Mapping[str, Any],
+        time_ns: int,
+        stress_s: float,
+        cycles: CycleCount | None = None,
+    ) -> Failure | None:
+        """Judge one record (taken under stress); the failure details when this record confirms one.
+
+        ``cycles`` gives the cycle count now (windows counted in cycles, and the cycle of a failure).
+        """
+        if dut.status is not DutStatus.ACTIVE:
             return None
+        count = cycles or _no_cycles
         since_s = None if dut.last_good_ns is None else (time_ns - dut.last_good_ns) / NS
-        violated: dict[str, float] = {}
+        violated: dict[str, tuple[float, int]] = {}
         for rule in self.config.rules:
-            value = violation(rule, fields, dut.baseline, good=dut.last_good_fields, since_s=since_s)
+            value, weight = self._judge(rule, dut, fields, since_s)
             confirm = self.confirmation(rule)
+            source = confirm.cycles_from if isinstance(confirm, ConfirmWindow) else None
+            now_cycles = count(source)
             if isinstance(confirm, ConfirmWindow):
-                self._window(dut, rule.name, confirm, value, time_ns, stress_s)
+                self._window(dut, rule.name, confirm, value, weight, time_ns, stress_s, now_cycles)
             elif value is None:
                 dut.streaks.pop(rule.name, None)
             elif (streak := dut.streaks.get(rule.name)) is None:
-                dut.streaks[rule.name] = Streak(1, time_ns, stress_s, value)
+                dut.streaks[rule.name] = Streak(weight, time_ns, stress_s, value, now_cycles)
             else:
-                streak.count += 1
+                streak.count += weight
             if value is not None:
-                violated[rule.name] = value
+                violated[rule.name] = (value, weight)
+        self._remember_counters(dut, fields)
         for rule in self.config.rules:
-            if rule.name in violated and (failure := self._confirmed(dut, rule, fields, time_ns, stress_s)):
+            if rule.name in violated and (failure := self._confirmed(dut, rule, fields, time_ns, stress_s, count)):
                 return failure
         if not violated:
             dut.last_good_ns, dut.last_good_stress_s = time_ns, stress_s
@@ -232,15 +372,50 @@ class FailureDetector:
             self._learn_baseline(dut, fields)
         return None
 
+    def _judge(
+        self, rule: FailureRule, dut: DutState, fields: Mapping[str, Any], since_s: float | None
+    ) -> tuple[float | None, int]:
+        """The offending value (None: no violation) and how many violations it stands for."""
+        if not rule.rises:
+            return violation(rule, fields, dut.baseline, good=dut.last_good_fields, since_s=since_s), 1
+        value = _number(fields.get(rule.field))
+        previous = dut.counters.get(rule.field)
+        if value is None or previous is None or value <= previous:
+            return None, 0  # no count yet, no rise, or the count was cleared (it goes on from there)
+        return value, max(1, round(value - previous))
+
+    def _remember_counters(self, dut: DutState, fields: Mapping[str, Any]) -> None:
+        for name in self._counter_fields:
+            value = _number(fields.get(name))
+            if value is not None:
+                dut.counters[name] = value
+
     def _window(
-        self, dut: DutState, name: str, confirm: ConfirmWindow, value: float | None, time_ns: int, stress_s: float
+        self,
+        dut: DutState,
+        name: str,
+        confirm: ConfirmWindow,
+        value: float | None,
+        weight: int,
+        time_ns: int,
+        stress_s: float,
+        cycles: float | None,
     ) -> None:
         """Drop the violations older than the window, then add this one."""
-        kept = [c for c in dut.candidates.get(name, []) if stress_s - c.stress_s <= confirm.within]
+        if confirm.in_cycles and cycles is None:
+            return  # no cycle count yet: nothing can be judged in cycles (the violation still is no good poll)
+        kept = [c for c in dut.candidates.get(name, []) if confirm.holds(c.stress_s, c.cycles, stress_s, cycles)]
         if value is not None:
             kept.append(
                 Candidate(
-                    time_ns, stress_s, value, dut.last_good_ns, dut.last_good_stress_s, dict(dut.last_good_fields)
+                    time_ns,
+                    stress_s,
+                    value,
+                    dut.last_good_ns,
+                    dut.last_good_stress_s,
+                    dict(dut.last_good_fields),
+                    cycles,
+                    weight,
                 )
             )
         if kept:
@@ -249,23 +424,30 @@ class FailureDetector:
             dut.candidates.pop(name, None)
 
     def _confirmed(
-        self, dut: DutState, rule: FailureRule, fields: Mapping[str, Any], time_ns: int, stress_s: float
-    ) -> dict[str, Any] | None:
+        self,
+        dut: DutState,
+        rule: FailureRule,
+        fields: Mapping[str, Any],
+        time_ns: int,
+        stress_s: float,
+        cycles: CycleCount,
+    ) -> Failure | None:
         confirm = self.confirmation(rule)
         if isinstance(confirm, ConfirmWindow):
             candidates = dut.candidates.get(rule.name, [])
-            if len(candidates) < confirm.events:
+            events = sum(c.events for c in candidates)
+            if events < confirm.events:
                 return None
             first = candidates[0]
-            return self._fail(dut, rule, first, fields, time_ns, stress_s, events=len(candidates))
+            return self._fail(dut, rule, first, fields, time_ns, stress_s, events, cycles(confirm.cycles_from))
         streak = dut.streaks.get(rule.name)
         if streak is None or streak.count < confirm:
             return None
         first = Candidate(
             streak.first_ns, streak.first_stress_s, streak.value, dut.last_good_ns, dut.last_good_stress_s,
-            dut.last_good_fields,
+            dut.last_good_fields, streak.first_cycles,
         )  # fmt: skip
-        return self._fail(dut, rule, first, fields, time_ns, stress_s, events=streak.count)
+        return self._fail(dut, rule, first, fields, time_ns, stress_s, streak.count, cycles(None))
 
     def _learn_baseline(self, dut: DutState, fields: Mapping[str, Any]) -> None:
         for name in self._drift_fields:
@@ -288,27 +470,33 @@ class FailureDetector:
         fields: Mapping[str, Any],
         time_ns: int,
         stress_s: float,
-        *,
         events: int,
-    ) -> dict[str, Any]:
+        cycles: float | None,
+    ) -> Failure:
         """The DUT failed at ``first`` (the first violation), confirmed now by ``events`` violations."""
-        dut.status = STATUS_FAILED
-        dut.failure = {
-            "rule": rule.name,
-            "mode": rule.mode or rule.name,
-            "field": rule.field,
-            "limit": limit_of(rule, dut.baseline, first.before),
-            "value": first.value,
-            "time_ns": first.time_ns,
-            "stress_s": first.stress_s,
-            "detected_ns": time_ns,
-            "detected_stress_s": stress_s,
-            "events": events,
-            "last_good_ns": first.last_good_ns,
-            "last_good_stress_s": first.last_good_stress_s,
-            "before": dict(first.before),
-            "after": dict(fields),
-        }
+        dut.status = DutStatus.FAILED
+        dut.failure = Failure(
+            rule=rule.name,
+            mode=rule.mode or rule.name,
+            field=rule.field,
+            limit="rises (event count)" if rule.rises else limit_of(rule, dut.baseline, first.before),
+            value=first.value,
+            time_ns=first.time_ns,
+            stress_s=first.stress_s,
+            detected_ns=time_ns,
+            detected_stress_s=stress_s,
+            events=events,
+            last_good_ns=first.last_good_ns,
+            last_good_stress_s=first.last_good_stress_s,
+            before=dict(first.before),
+            after=dict(fields),
+            cycles=first.cycles,
+            detected_cycles=cycles,
+        )
         dut.streaks.clear()
         dut.candidates.clear()
         return dut.failure
+
+
+def _no_cycles(source: str | None) -> float | None:
+    return None

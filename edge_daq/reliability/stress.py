@@ -20,6 +20,7 @@ REASON_SILENT = "instrument silent"
 REASON_PAUSED = "test paused"
 REASON_DOWN = "daemon down"
 REASON_NO_DATA = "no data yet"
+REASON_READOUT = "readout"
 
 
 @dataclass(slots=True)
@@ -155,6 +156,8 @@ class StressClock:
         self.state = state
         self._emit = emit
         self.time_scale = config.time_scale if config else 1.0
+        self.pause_reason = REASON_PAUSED
+        """The exclusion reason while the test is paused (an interlock pauses with its own name)."""
         instruments = {ref.rpartition(".")[0] for c in (config.all if config else []) for ref in c.referenced_points()}
         # An instrument is silent after silent_after, or three of its poll intervals, without good data.
         self._silent_after_ns = {
@@ -175,11 +178,14 @@ class StressClock:
             self._check_milestones(now_ns)
         state.clock_ns = now_ns
 
-    def judge(self, now_ns: int, live: LiveValues, *, running: bool, paused: bool) -> None:
-        """Decide from the latest values whether stress holds from ``now_ns`` on; open or close exclusions."""
+    def judge(self, now_ns: int, live: LiveValues, *, running: bool, paused: bool, held: str | None = None) -> None:
+        """Decide from the latest values whether stress holds from ``now_ns`` on; open or close exclusions.
+
+        ``held``: why stress is held off whatever the values say (``readout``: the DUTs are out).
+        """
         if not running:
             return
-        reason = REASON_PAUSED if paused else self.reason_now(now_ns, live)
+        reason = held or (self.pause_reason if paused else self.reason_now(now_ns, live))
         self._transition(reason, now_ns)
         if self.config and self.config.cycling:
             self._count_cycles(self.config.cycling, live, now_ns)

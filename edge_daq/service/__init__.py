@@ -2,6 +2,8 @@
 
 The modules are independent of each other and of :mod:`edge_daq.daemon`; they read the pipeline through
 :class:`edge_daq.stats.PipelineStats` and small callables, so the supervisor wires them in a few lines.
+:mod:`edge_daq.service.lifecycle` is that wiring (and the one module here that knows the daemon): signals,
+readiness and watchdog, reload and drain. :mod:`edge_daq.service.supervisor` restarts failed components.
 """
 
 from __future__ import annotations

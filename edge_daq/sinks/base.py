@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, model_validator
 
+from edge_daq.config.types import StrictModel
 from edge_daq.config.units import Duration
-from edge_daq.drivers.base import StrictModel
-from edge_daq.errors import RetriableSinkError
+from edge_daq.processing.config import AggregateConfig, DeadbandConfig
 from edge_daq.record import Record
+from edge_daq.sinks.routing import ALL_KIND_LIST, RecordFilter, RecordKind, Route, route_of
+from edge_daq.sinks.secrets import read_secret as read_secret  # outputs import it from here
 
 
 class OutputConfig(StrictModel):
@@ -24,6 +24,23 @@ class OutputConfig(StrictModel):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
     flush_interval: Duration = 1.0
     max_backoff: Duration = 300.0
+    # Routing (edge_daq.sinks.routing): the record kinds this output takes, then the filters on their series.
+    records: list[RecordKind] = Field(default_factory=lambda: list(ALL_KIND_LIST), min_length=1)
+    include: RecordFilter | None = None
+    exclude: RecordFilter | None = None
+    # Reduction after the buffer (edge_daq.processing): report by exception, or downsampling; one of the two.
+    deadband: DeadbandConfig | None = None
+    aggregate: AggregateConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_reduction(self) -> Self:
+        if self.deadband is not None and self.aggregate is not None:
+            raise ValueError("an output takes deadband or aggregate, not both (use two outputs)")
+        return self
+
+    def route(self) -> Route | None:
+        """A new route for these settings; None if the output takes every record."""
+        return route_of(frozenset(self.records), self.include, self.exclude)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,22 +55,11 @@ class WriteResult:
     dropped: int = 0
 
 
-async def read_secret(value: SecretStr | None, path: Path | None, *, what: str = "secret file") -> str | None:
-    """A token or password: from the config's SecretStr, or read from its file (trailing newline dropped)."""
-    if path is None:
-        return value.get_secret_value() if value is not None else None
-    try:
-        text = await asyncio.to_thread(path.read_text, encoding="utf-8")
-    except OSError as error:
-        # The file may appear later (systemd credentials, a mounted secret): retry rather than give up.
-        raise RetriableSinkError(f"cannot read {what} {path}: {error.strerror}") from error
-    return text.rstrip("\r\n")
-
-
 class Output(ABC):
     """An output delivers batches of records. ``async with`` opens and closes its connections."""
 
     name: str
+    """The instance name (the key under ``outputs:``); the type's name by default."""
     writes_in_flight: ClassVar[int] = 1
     """How many :meth:`write` calls the runner may have under way at once, on consecutive batches. More than
     one only where the destination does not care in which order batches arrive; they are committed in order."""
@@ -72,6 +78,21 @@ class Output(ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files; never raises."""
+
+    @property
+    def target(self) -> str | None:
+        """Where it delivers now, for /status (a URL, a broker, a folder; never credentials); None if unsaid."""
+        return None
+
+    async def probe(self) -> bool | None:
+        """Whether the destination answers right now, checked cheaply (a connect, a ping) and within a few seconds.
+
+        While the runner backs off after a failure, it probes about once a second, and retries at once when a
+        probe that failed succeeds: delivery resumes within seconds of the destination coming back, whatever
+        the backoff reached. Never raises. None (the default): this output cannot tell, so the runner waits out
+        its backoff.
+        """
+        return None
 
     @abstractmethod
     async def write(self, records: Sequence[Record]) -> WriteResult:

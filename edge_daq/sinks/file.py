@@ -26,9 +26,11 @@ from pydantic import Field
 
 from edge_daq.buffer.segment import fsync_directory
 from edge_daq.config.units import Duration, Size
+from edge_daq.config.values import ConfigPath
 from edge_daq.errors import RetriableSinkError
 from edge_daq.record import Record, encode_lines_yielding
 from edge_daq.sinks.base import Output, OutputConfig, WriteResult
+from edge_daq.sinks.registry import OutputContext
 
 log = structlog.get_logger("edge_daq.sinks.file")
 
@@ -37,7 +39,7 @@ FILE_SUFFIX = ".lp"
 
 
 class FileOutputConfig(OutputConfig):
-    dir: Path = Path("/var/lib/edge-daq/archive")
+    dir: ConfigPath = Path("/var/lib/edge-daq/archive")
     rotate_bytes: Size = Field(default=64 << 20, ge=4096)
     keep_files: int | None = Field(default=None, ge=1, description="oldest rotated files beyond this are deleted")
     flush_interval: Duration = 1.0
@@ -64,6 +66,10 @@ class FileOutput(Output):
         return f"FileOutput(dir={str(self.config.dir)!r})"
 
     @property
+    def target(self) -> str:
+        return str(self.config.dir)
+
+    @property
     def current_path(self) -> Path | None:
         """The file being written, if one is open."""
         return self._path
@@ -83,6 +89,10 @@ class FileOutput(Output):
         except OSError as error:  # close() never raises: it runs while shutting down
             log.warning("file_output_close_failed", path=str(path), error=str(error))
 
+    async def probe(self) -> bool:
+        """Whether ``dir`` can be written again: it exists (or can be made), is writable and has free space."""
+        return await asyncio.to_thread(self._writable)
+
     async def write(self, records: Sequence[Record]) -> WriteResult:
         # Encoding a large batch takes tens of milliseconds: in slices between polls (see encode_lines_yielding).
         # Writing and fsync-ing take milliseconds to seconds on an SD card: never on the event loop.
@@ -96,6 +106,15 @@ class FileOutput(Output):
         return WriteResult(written=len(lines), dropped=len(records) - len(lines))
 
     # Everything below runs in a worker thread, one call at a time (the runner awaits each write).
+
+    def _writable(self) -> bool:
+        directory = self.config.dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            space = os.statvfs(directory)
+        except OSError:
+            return False
+        return space.f_bavail > 0 and not space.f_flag & os.ST_RDONLY and os.access(directory, os.W_OK)
 
     def _append(self, lines: list[bytes]) -> None:
         if self._file is None:
@@ -161,5 +180,7 @@ class FileOutput(Output):
             file.close()
 
 
-def make_output(config: FileOutputConfig) -> FileOutput:
-    return FileOutput(config)
+def make_output(name: str, config: FileOutputConfig, context: OutputContext) -> FileOutput:
+    output = FileOutput(config)
+    output.name = name
+    return output

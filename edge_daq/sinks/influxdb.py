@@ -35,19 +35,21 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import structlog
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, Field, SecretStr, model_validator
 from yarl import URL
 
-from edge_daq.config.units import Duration
+from edge_daq.config.units import Duration, Timeout
+from edge_daq.config.values import ConfigPath
 from edge_daq.errors import FatalSinkError, RetriableSinkError
 from edge_daq.record import Record, encode_lines_yielding
 from edge_daq.sinks.base import Output, OutputConfig, WriteResult, read_secret
+from edge_daq.sinks.registry import OutputContext
+from edge_daq.sinks.secrets import MAX_SCRUBBED_CHARS, Scrubber, scrub_credentials
 
 # The HTTP clients are imported when an output opens, not with the config models (bench/startup.py: influxdb-client
 # pulls in numpy, and aiohttp builds its TLS contexts at import, together over half a second of `edge-daq check`).
@@ -59,42 +61,61 @@ if TYPE_CHECKING:
 log = structlog.get_logger("edge_daq.sinks.influxdb")
 
 RETRY_AFTER_CAP = 600.0  # seconds; Telegraf caps Retry-After at 10 minutes too
+PROBE_TIMEOUT = 2.0  # seconds for a reachability probe (GET /ping), or the write timeout if shorter
 THROTTLING_STATUSES = frozenset({429, 502, 503, 504})
 _DROPPED = re.compile(r"dropped=(\d+)")
 _LOGGED_MESSAGE_CHARS = 500
+_WRONG_PATH = "unsupported path requested"  # VictoriaMetrics' 400 for a path it does not serve
+
+
+def _no_credentials_in_url(url: str) -> str:
+    # The URL is shown in logs, errors and /status: credentials belong in token, username or password.
+    if URL(url).user is not None:
+        raise ValueError("put credentials in token, username or password, not in url")
+    return url
+
+
+InfluxUrl = Annotated[str, Field(pattern=r"^https?://", max_length=2048), AfterValidator(_no_credentials_in_url)]
+"""A server's base URL; a path prefix is kept (VictoriaMetrics cluster: http://vminsert:8480/insert/0/influx)."""
 
 
 class InfluxDBOutputConfig(OutputConfig):
-    url: str = Field(default="http://127.0.0.1:8086", pattern=r"^https?://")
+    url: InfluxUrl = "http://127.0.0.1:8086"
+    # Failover: the first that answers; another one after a connection-level failure, the first again later.
+    urls: list[InfluxUrl] | None = Field(default=None, min_length=1, max_length=16)
+    failback: Duration = Field(default=60.0, ge=1.0)  # how long on a later URL before the first is tried again
     api: Literal["v1", "v2"] = "v2"
     # v2
     org: str | None = None
     bucket: str | None = None
     token: SecretStr | None = None
-    token_file: Path | None = None
+    token_file: ConfigPath | None = None
     # v1
     database: str | None = None
     retention_policy: str = ""
     username: str = ""
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     create_database: bool = True
     # both
-    timeout: Duration = 10.0
+    timeout: Timeout = 10.0
     gzip: bool = True
     verify_tls: bool = True
     max_backoff: Duration = 300.0
 
-    @field_validator("url")
-    @classmethod
-    def _no_credentials_in_url(cls, url: str) -> str:
-        # The URL is shown in logs and errors: credentials belong in token, username or password.
-        if URL(url).user is not None:
-            raise ValueError("put credentials in token, username or password, not in url")
-        return url
+    @property
+    def targets(self) -> list[str]:
+        """The URLs in the order they are tried."""
+        return list(self.urls) if self.urls else [self.url]
+
+    def for_target(self, url: str) -> InfluxDBOutputConfig:
+        """These settings with one URL: what a transport to that server uses."""
+        return self.model_copy(update={"url": url, "urls": None})
 
     @model_validator(mode="after")
     def _check_api_keys(self) -> InfluxDBOutputConfig:
+        if self.urls is not None and "url" in self.model_fields_set:
+            raise ValueError("give url or urls, not both")
         if self.api == "v2":
             missing = [key for key in ("org", "bucket") if getattr(self, key) is None]
             if self.token is None and self.token_file is None:
@@ -173,6 +194,13 @@ class _Transport(ABC):
     """One write API: posts a body of line protocol, returns None on 2xx or the rejection."""
 
     target: str  # for messages: "bucket 'x'" or "database 'y'"
+    scrub: Scrubber
+    """Knows the credentials once opened: every body of a reply passes through it before it is shown."""
+
+    def _rejection(self, status: int, body: bytes, retry_after: str | None) -> Rejection:
+        # A server may echo the request's Authorization header or URL in its error body.
+        shown = self.scrub(body[:MAX_SCRUBBED_CHARS].decode("utf-8", "replace")).encode()
+        return Rejection(status=status, body=shown, retry_after=retry_after)
 
     @abstractmethod
     async def open(self) -> None: ...
@@ -185,12 +213,16 @@ class _Transport(ABC):
         """Raise :class:`RetriableSinkError` for connection errors and timeouts."""
 
 
-def _unreachable(config: InfluxDBOutputConfig, error: BaseException) -> RetriableSinkError:
+class UnreachableError(RetriableSinkError):
+    """A connection-level failure (refused, reset, DNS, timeout): with several ``urls``, the next one is tried."""
+
+
+def _unreachable(config: InfluxDBOutputConfig, error: BaseException) -> UnreachableError:
     url = config.url
     if isinstance(error, TimeoutError):
-        return RetriableSinkError(f"InfluxDB at {url} did not answer in time")
-    # aiohttp's connection errors name host and port only, never the request's headers.
-    return RetriableSinkError(f"InfluxDB at {url} is unreachable: {error}")
+        return UnreachableError(f"InfluxDB at {url} did not answer in time")
+    # aiohttp's connection errors name host and port only, never the request's headers: scrubbed all the same.
+    return UnreachableError(f"InfluxDB at {url} is unreachable: {scrub_credentials(str(error))}")
 
 
 class _V2Transport(_Transport):
@@ -206,12 +238,14 @@ class _V2Transport(_Transport):
         self.target = f"bucket {config.bucket!r} of org {config.org!r}"
         self._client: InfluxDBClientAsync | None = None
         self._write_api: WriteApiAsync | None = None
+        self.scrub = Scrubber()
 
     async def open(self) -> None:
         await self.close()
         from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
-        token = await read_secret(self._config.token, self._config.token_file)
+        token = await read_secret(self._config.token, self._config.token_file, what="token_file")
+        self.scrub.add(token)
         # The async client must be created inside the running loop; it has no retries of its own.
         self._client = InfluxDBClientAsync(
             url=self._config.url,
@@ -242,9 +276,9 @@ class _V2Transport(_Transport):
             await self._write_api.write(bucket=self._bucket, org=self._org, record=body, write_precision=precision)
         except ApiException as error:
             if not error.status:  # the client could not even build the request
-                raise FatalSinkError(f"influxdb-client refused the request: {error.reason}") from error
+                raise FatalSinkError(f"influxdb-client refused the request: {self.scrub(str(error.reason))}") from None
             headers: Mapping[str, str] = error.headers or {}
-            return Rejection(status=error.status, body=_as_bytes(error.body), retry_after=headers.get("Retry-After"))
+            return self._rejection(error.status, _as_bytes(error.body), headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise _unreachable(self._config, error) from error
         return None
@@ -267,6 +301,7 @@ class _V1Transport(_Transport):
         self._base_url = config.url.rstrip("/")
         self._session: aiohttp.ClientSession | None = None
         self._write_params = {"db": config.database, "precision": "ns"}
+        self.scrub = Scrubber()
         if config.retention_policy:
             self._write_params["rp"] = config.retention_policy
 
@@ -274,7 +309,8 @@ class _V1Transport(_Transport):
         import aiohttp
 
         await self.close()
-        password = await read_secret(self._config.password, self._config.password_file)
+        password = await read_secret(self._config.password, self._config.password_file, what="password_file")
+        self.scrub.add(password, username=self._config.username)
         headers = {}
         if self._config.username or password:
             headers["Authorization"] = aiohttp.encode_basic_auth(self._config.username, password or "")
@@ -299,7 +335,7 @@ class _V1Transport(_Transport):
             async with self._session.post(
                 f"{self._base_url}/query", data={"q": f'CREATE DATABASE "{quoted}"'}
             ) as response:
-                body = await response.read()
+                body = self._rejection(response.status, await _read_body(response), None).body
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise _unreachable(self._config, error) from error
         if response.status == 401:
@@ -338,11 +374,19 @@ class _V1Transport(_Transport):
             ) as response:
                 if 200 <= response.status < 300:
                     return None
-                return Rejection(
-                    status=response.status, body=await response.read(), retry_after=response.headers.get("Retry-After")
-                )
+                return self._rejection(response.status, await _read_body(response), response.headers.get("Retry-After"))
         except (aiohttp.ClientError, TimeoutError, OSError) as error:
             raise _unreachable(self._config, error) from error
+
+
+async def _read_body(response: aiohttp.ClientResponse) -> bytes:
+    """At most MAX_SCRUBBED_CHARS bytes of a reply's body: it is only ever shown or searched for a count."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < MAX_SCRUBBED_CHARS and (chunk := await response.content.read(MAX_SCRUBBED_CHARS - size)):
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _query_problem(status: int, body: bytes) -> str | None:
@@ -376,27 +420,105 @@ class InfluxDBOutput(Output):
     # while InfluxDB ingests the previous one, instead of one waiting for the other (bench/pipeline.py).
     writes_in_flight = 2
 
-    def __init__(self, config: InfluxDBOutputConfig) -> None:
+    def __init__(self, config: InfluxDBOutputConfig, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
-        self._transport: _Transport = _V2Transport(config) if config.api == "v2" else _V1Transport(config)
+        self._targets = config.targets
+        self._active = 0  # index in _targets of the URL written to
+        self._since = clock()  # when _active was chosen
+        self._clock = clock
+        self._all_failed = False  # every URL failed at the last attempt, and none answered since
+        self._transport = self._new_transport(0)
+
+    def _new_transport(self, index: int) -> _Transport:
+        config = self.config.for_target(self._targets[index]) if len(self._targets) > 1 else self.config
+        return _V2Transport(config) if config.api == "v2" else _V1Transport(config)
 
     def __repr__(self) -> str:
-        return f"InfluxDBOutput(url={self.config.url!r}, api={self.config.api!r}, {self._transport.target})"
+        return f"InfluxDBOutput(url={self.target!r}, api={self.config.api!r}, {self._transport.target})"
+
+    @property
+    def target(self) -> str:
+        """The URL written to now (for /status; URLs never carry credentials)."""
+        return self._targets[self._active]
+
+    async def _switch(self, index: int, reason: str) -> None:
+        if index == self._active:
+            return
+        previous, self._transport = self._transport, self._new_transport(index)
+        # Once every URL failed, the runner logs the outage: the switches while it lasts are not news.
+        report = log.debug if self._all_failed else log.warning
+        report(
+            "influxdb_target_switched", output=self.name, previous=self.target, to=self._targets[index], reason=reason
+        )
+        self._active, self._since = index, self._clock()
+        await _close_quietly(previous)
+
+    async def _fail_back_if_due(self) -> None:
+        if self._active and self._clock() - self._since >= self.config.failback:
+            await self._switch(0, "failback")
+
+    async def _on_each_target(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """``attempt`` on the URL in use, then on each following one after a connection-level failure."""
+        await self._fail_back_if_due()
+        for tried in range(len(self._targets)):
+            try:
+                await attempt()
+            except UnreachableError as error:
+                if tried == len(self._targets) - 1:
+                    self._all_failed = True
+                    raise
+                await self._switch((self._active + 1) % len(self._targets), str(error))
+            else:
+                self._all_failed = False
+                return
 
     async def open(self) -> None:
-        await self._transport.open()
+        await self._on_each_target(lambda: self._transport.open())
 
     async def close(self) -> None:
+        await _close_quietly(self._transport)
+
+    async def probe(self) -> bool:
+        """Whether the server answers ``GET /ping`` (1.x, 2.x, 3.x and VictoriaMetrics have it) in time.
+
+        Any reply below 500 counts, 401 and 404 included: the server is up (a proxy answers 502 or 503 while the
+        server behind it is down). No credentials are sent. A connection of its own, closed afterwards, so that
+        a server restarted on the same port is seen as it is now, not through a kept-alive connection.
+        """
+        ordered = self._targets[self._active :] + self._targets[: self._active]
+        for url in ordered:  # with several urls, any one answering will do: the write moves to it
+            if await self._ping(url):
+                return True
+        return False
+
+    async def _ping(self, url: str) -> bool:
+        import aiohttp
+
+        config = self.config
         try:
-            await self._transport.close()
-        except Exception as error:  # close() never raises: it runs while shutting down
-            log.warning("influxdb_close_failed", error=repr(error))
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=min(config.timeout, PROBE_TIMEOUT)),
+                    connector=aiohttp.TCPConnector(ssl=config.verify_tls, force_close=True),
+                ) as session,
+                session.get(f"{url.rstrip('/')}/ping", allow_redirects=False) as response,
+            ):
+                return response.status < 500
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
 
     async def write(self, records: Sequence[Record]) -> WriteResult:
         # A batch of thousands of records takes tens of milliseconds to encode: in slices, between polls.
         lines = await encode_lines_yielding(records)
-        delivery = _Delivery(dropped=len(records) - len(lines))  # records with no writable field
-        await self._deliver(lines, delivery)
+        delivery = _Delivery()
+
+        async def attempt() -> None:
+            nonlocal delivery
+            # Counted afresh on each URL tried: what a failed one took before failing is written again.
+            delivery = _Delivery(dropped=len(records) - len(lines))  # records with no writable field
+            await self._deliver(lines, delivery)
+
+        await self._on_each_target(attempt)
         if delivery.rejection_messages:
             # Once per batch, however many requests it took to isolate the rejected points.
             log.warning(
@@ -416,6 +538,10 @@ class InfluxDBOutput(Output):
             delivery.written += len(lines)
             return
         status = rejection.status
+        if status == 400 and _WRONG_PATH in rejection.message:
+            # VictoriaMetrics answers 400 to a path it does not serve (a wrong prefix in url): no point is bad,
+            # so bisecting would drop them all. A configuration problem: keep the data.
+            raise FatalSinkError(f"{self.target} does not serve this write path (400): {rejection.message[:200]}")
         if status in (400, 422) and rejection.is_partial_write:
             # The valid points are stored: resending would only be rejected again.
             dropped = min(rejection.dropped_count(), len(lines))
@@ -455,5 +581,14 @@ class InfluxDBOutput(Output):
         return FatalSinkError(f"InfluxDB answered {status} to a write: {rejection.message[:200]}")
 
 
-def make_output(config: InfluxDBOutputConfig) -> InfluxDBOutput:
-    return InfluxDBOutput(config)
+async def _close_quietly(transport: _Transport) -> None:
+    try:
+        await transport.close()
+    except Exception as error:  # close() never raises: it runs while shutting down or switching
+        log.warning("influxdb_close_failed", error=repr(error))
+
+
+def make_output(name: str, config: InfluxDBOutputConfig, context: OutputContext) -> InfluxDBOutput:
+    output = InfluxDBOutput(config)
+    output.name = name
+    return output

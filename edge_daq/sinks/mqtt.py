@@ -46,7 +46,6 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Annotated, Literal
 
 import aiomqtt
@@ -54,14 +53,17 @@ import structlog
 from aiomqtt import MqttError, ProtocolVersion, Will
 from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.reasoncodes import ReasonCode
-from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from edge_daq import __version__
-from edge_daq.config.units import Duration
-from edge_daq.drivers.base import StrictModel
+from edge_daq.config.types import StrictModel
+from edge_daq.config.units import Duration, Timeout
+from edge_daq.config.values import ConfigPath, HostName, check_host
 from edge_daq.errors import FatalSinkError, RetriableSinkError, SinkError
 from edge_daq.record import FieldValue, Record, Series
 from edge_daq.sinks.base import Output, OutputConfig, WriteResult, read_secret
+from edge_daq.sinks.registry import OutputContext
+from edge_daq.sinks.secrets import Scrubber
 
 log = structlog.get_logger("edge_daq.sinks.mqtt")
 # paho logs through the standard library, at ERROR for each failed connection; the runner already logs an
@@ -88,9 +90,9 @@ def _protocol_name(value: object) -> object:
 class MqttTlsConfig(StrictModel):
     """TLS to the broker; ``tls: {}`` verifies the broker against the system's CA certificates."""
 
-    ca_file: Path | None = None
-    cert_file: Path | None = None  # client certificate, for brokers that require one
-    key_file: Path | None = None  # its private key, if not in cert_file
+    ca_file: ConfigPath | None = None
+    cert_file: ConfigPath | None = None  # client certificate, for brokers that require one
+    key_file: ConfigPath | None = None  # its private key, if not in cert_file
     insecure: bool = False  # skip the host name check only: the certificate is still verified
 
     @model_validator(mode="after")
@@ -100,23 +102,53 @@ class MqttTlsConfig(StrictModel):
         return self
 
 
+def _check_broker(entry: str) -> str:
+    host, port = _split_broker(entry)
+    check_host(host)
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError(f"a port must be between 1 and 65535, got {port}")
+    return entry
+
+
+def _split_broker(entry: str) -> tuple[str, int | None]:
+    """``host``, ``host:port`` or ``[ipv6]:port`` (an IPv6 address without a port needs no brackets)."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest and not (rest.startswith(":") and rest[1:].isdigit()):
+            raise ValueError(f"expected host:port or [ipv6]:port, got {entry!r}")
+        return host, int(rest[1:]) if rest else None
+    host, separator, port = entry.rpartition(":")
+    if not separator or ":" in host:  # no port, or a bare IPv6 address
+        return entry, None
+    if not port.isdigit():
+        raise ValueError(f"expected host:port, got {entry!r}")
+    return host, int(port)
+
+
+BrokerAddress = Annotated[str, Field(min_length=1, max_length=300), AfterValidator(_check_broker)]
+
+
 class MqttOutputConfig(OutputConfig):
-    host: str = Field(default="127.0.0.1", min_length=1)
+    host: HostName = Field(default="127.0.0.1", min_length=1)
     port: int | None = Field(default=None, ge=1, le=65535)  # None: 1883, or 8883 with tls
+    # Failover: tried in order at every (re)connection; an entry without a port takes `port` or its default.
+    hosts: list[BrokerAddress] | None = Field(default=None, min_length=1, max_length=16)
     topic_prefix: str = "edge-daq"
     qos: Literal[0, 1] = 1
     client_id: str | None = Field(default=None, min_length=1, max_length=65535)  # None: edge-daq-{gateway}
     username: str | None = None
     password: SecretStr | None = None
-    password_file: Path | None = None
+    password_file: ConfigPath | None = None
     tls: MqttTlsConfig | None = None
     keepalive: Duration = 30.0
-    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(_protocol_name)] = "3.1.1"
+    protocol: Annotated[
+        Literal["3.1.1", "5"], BeforeValidator(_protocol_name, json_schema_input_type=Literal["3.1.1", "5", 5])
+    ] = "3.1.1"
     retain_last: bool = False
     max_inflight: int = Field(default=100, ge=1, le=65535)
     # Connecting (TCP, TLS, CONNACK), and the longest wait for any acknowledgement before the connection is
     # considered dead; keepalive catches a silent broker too, but only after up to twice its value.
-    timeout: Duration = 10.0
+    timeout: Timeout = 10.0
 
     @field_validator("topic_prefix")
     @classmethod
@@ -131,6 +163,19 @@ class MqttOutputConfig(OutputConfig):
         if not 1 <= seconds <= 65535:
             raise ValueError("keepalive must be between 1s and 65535s (18h12m15s)")
         return seconds
+
+    @model_validator(mode="after")
+    def _check_hosts(self) -> MqttOutputConfig:
+        if self.hosts is not None and "host" in self.model_fields_set:
+            raise ValueError("give host or hosts, not both")
+        return self
+
+    @property
+    def brokers(self) -> list[tuple[str, int]]:
+        """The brokers as (host, port), in the order they are tried."""
+        if not self.hosts:
+            return [(self.host, self.broker_port)]
+        return [(host, self.broker_port if port is None else port) for host, port in map(_split_broker, self.hosts)]
 
     @model_validator(mode="after")
     def _check_credentials(self) -> MqttOutputConfig:
@@ -213,6 +258,7 @@ class _Connection:
 
     client: aiomqtt.Client
     watcher: asyncio.Task[str]  # finishes, with the reason, when the connection is lost
+    broker: tuple[str, int]
 
 
 class MqttOutput(Output):
@@ -223,7 +269,12 @@ class MqttOutput(Output):
     def __init__(self, config: MqttOutputConfig, *, gateway: str) -> None:
         self.config = config
         self.gateway = gateway
-        self.broker = f"{config.host}:{config.broker_port}"
+        self._brokers = config.brokers
+        self.broker = _broker_name(*self._brokers[0])  # the one connected to, or tried last
+        self._unreachable_logged: set[str] = set()  # brokers logged as unreachable while another one answered
+        # The broker whose connection was lost last: tried last at the next connection, since a broker that
+        # lost power or its network answers nothing (each try costs `timeout`) while its peers take over.
+        self._lost: tuple[str, int] | None = None
         self.client_id = config.client_id or f"edge-daq-{gateway}"
         self._base_topic = f"{config.topic_prefix}/{topic_segment(gateway)}"
         self.status_topic = f"{self._base_topic}/{STATUS_SEGMENT}"
@@ -232,9 +283,14 @@ class MqttOutput(Output):
         self._connection: _Connection | None = None
         self._connect_lock = asyncio.Lock()
         self._acknowledged = 0  # messages acknowledged so far: progress, for the stall check
+        self._scrub = Scrubber()  # knows the password once read: for texts from the broker and the client
         # Per series (an instrument's records share one): topic and the constant parts of the payload. The entry
         # keeps the series alive, so its id cannot be reused by another series while cached.
         self._series_cache: dict[int, tuple[Series, str, str, str]] = {}
+
+    @property
+    def target(self) -> str:
+        return self.broker
 
     def __repr__(self) -> str:
         return f"MqttOutput(broker={self.broker!r}, client_id={self.client_id!r}, qos={self.config.qos})"
@@ -306,6 +362,17 @@ class MqttOutput(Output):
         await self._publish(messages, self.config.qos)
         return WriteResult(written=len(records))
 
+    async def probe(self) -> bool:
+        """The reconnect itself: True once connected (the next write uses that connection), False while the
+        broker cannot be reached. A broker that answers and refuses (credentials, TLS) counts as reachable."""
+        try:
+            await self._connected()
+        except FatalSinkError:
+            return True
+        except SinkError:
+            return False
+        return True
+
     async def publish_event(self, rig: str, event: Mapping[str, object]) -> None:
         """Publish one rig event (a failure, an interruption, a reload) as JSON on ``.../{rig}/events``.
 
@@ -337,7 +404,7 @@ class MqttOutput(Output):
         async with self._connect_lock:
             connection = self._connection
             if connection is not None and connection.watcher.done():
-                self._connection = None
+                self._connection, self._lost = None, connection.broker
                 await self._disconnect(connection)
                 connection = None
             if connection is None:
@@ -345,8 +412,32 @@ class MqttOutput(Output):
             return connection
 
     async def _connect(self) -> _Connection:
+        """Connect to the first broker that accepts, in the configured order (the first is preferred), except
+        that the broker whose connection was just lost is tried last."""
+        failure: RetriableSinkError | None = None
+        order = self._brokers
+        if self._lost is not None and len(order) > 1:
+            order = [broker for broker in order if broker != self._lost] + [self._lost]
+        for host, port in order:
+            self.broker = _broker_name(host, port)
+            try:
+                connection = await self._connect_to(host, port)
+            except RetriableSinkError as error:  # unreachable or busy: the next one; refused for good: raised
+                failure = error
+                if len(self._brokers) > 1 and self.broker not in self._unreachable_logged:
+                    self._unreachable_logged.add(self.broker)
+                    log.warning("mqtt_broker_unreachable", output=self.name, broker=self.broker, error=str(error))
+                continue
+            self._unreachable_logged.discard(self.broker)
+            self._lost = None
+            return connection
+        assert failure is not None
+        raise failure
+
+    async def _connect_to(self, host: str, port: int) -> _Connection:
         config = self.config
-        password = await read_secret(config.password, config.password_file, what="password file")
+        password = await read_secret(config.password, config.password_file, what="password_file")
+        self._scrub.add(password)
         tls_context = None
         if config.tls is not None:
             try:
@@ -356,8 +447,8 @@ class MqttOutput(Output):
         v5 = config.protocol == "5"
         _paho_log.setLevel(logging.DEBUG if logging.getLogger().isEnabledFor(logging.DEBUG) else logging.CRITICAL)
         client = aiomqtt.Client(
-            config.host,
-            config.broker_port,
+            host,
+            port,
             username=config.username,
             password=password,
             identifier=self.client_id,
@@ -382,13 +473,13 @@ class MqttOutput(Output):
             raise self._connect_error(error) from error
         # Owned by the connection: cancelled and awaited in _disconnect, whichever way the connection ends.
         watcher = asyncio.create_task(_watch(client), name=f"mqtt watch {self.broker}")
-        connection = _Connection(client, watcher)
+        connection = _Connection(client, watcher, (host, port))
         try:
             await client.publish(self.status_topic, self.status_payload("online"), qos=1, retain=True)
         except BaseException as error:  # cancelled too: the connection is not stored yet, so close it here
             await self._disconnect(connection)
             if isinstance(error, MqttError):
-                message = f"MQTT broker at {self.broker}: could not publish the status: {error}"
+                message = f"MQTT broker at {self.broker}: could not publish the status: {self._scrub(str(error))}"
                 raise RetriableSinkError(message) from error
             raise
         log.info("mqtt_connected", broker=self.broker, client_id=self.client_id, protocol=config.protocol)
@@ -398,7 +489,7 @@ class MqttOutput(Output):
         broker = self.broker
         if isinstance(error, MqttConnectError):
             code = error.rc.value if isinstance(error.rc, ReasonCode) else error.rc
-            reason = str(error.rc) if isinstance(error.rc, ReasonCode) else str(error)
+            reason = self._scrub(str(error.rc) if isinstance(error.rc, ReasonCode) else str(error))
             if code in _CREDENTIALS_REFUSED:
                 who = f"user {self.config.username!r}" if self.config.username else "anonymous clients"
                 return FatalSinkError(f"MQTT broker at {broker} refused the credentials of {who}: {reason}")
@@ -416,7 +507,7 @@ class MqttOutput(Output):
                 f"MQTT broker at {broker} did not answer the connection within {self.config.timeout:g} s"
                 " (if this port expects TLS, configure tls)"
             )
-        return RetriableSinkError(f"MQTT broker at {broker} is unreachable: {error}")
+        return RetriableSinkError(f"MQTT broker at {broker} is unreachable: {self._scrub(str(error))}")
 
     async def _disconnect(self, connection: _Connection) -> None:
         connection.watcher.cancel()
@@ -429,7 +520,7 @@ class MqttOutput(Output):
     async def _drop(self, connection: _Connection) -> None:
         """Forget a failed connection (once, whoever noticed first): the next publish reconnects."""
         if self._connection is connection:
-            self._connection = None
+            self._connection, self._lost = None, connection.broker
             await self._disconnect(connection)
 
     # --- publishing -----------------------------------------------------------------------------------------
@@ -447,7 +538,8 @@ class MqttOutput(Output):
                 try:
                     await client.publish(message.topic, message.payload, qos, message.retain, timeout=math.inf)
                 except MqttError as error:
-                    raise RetriableSinkError(f"could not publish to MQTT broker at {self.broker}: {error}") from error
+                    reason = self._scrub(str(error))
+                    raise RetriableSinkError(f"could not publish to MQTT broker at {self.broker}: {reason}") from error
                 self._acknowledged += 1
 
         try:
@@ -476,7 +568,7 @@ class MqttOutput(Output):
         while True:
             lost, _ = await asyncio.wait([connection.watcher], timeout=timeout)
             if lost:
-                reason = connection.watcher.result()
+                reason = self._scrub(connection.watcher.result())
                 raise RetriableSinkError(f"lost the connection to MQTT broker at {self.broker}: {reason}")
             if self._acknowledged == acknowledged:
                 raise RetriableSinkError(f"MQTT broker at {self.broker} acknowledged nothing for {timeout:g} s")
@@ -494,5 +586,11 @@ async def _watch(client: aiomqtt.Client) -> str:
     return "disconnected"
 
 
-def make_output(config: MqttOutputConfig, *, gateway: str) -> MqttOutput:
-    return MqttOutput(config, gateway=gateway)
+def _broker_name(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def make_output(name: str, config: MqttOutputConfig, context: OutputContext) -> MqttOutput:
+    output = MqttOutput(config, gateway=context.gateway)
+    output.name = name
+    return output

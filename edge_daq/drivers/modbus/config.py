@@ -23,7 +23,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from edge_daq.drivers.base import NAME_PATTERN, InstrumentConfig, StrictModel
+from edge_daq.config.types import NAME_PATTERN, StrictModel
+from edge_daq.config.values import DevicePath, HostName
+from edge_daq.drivers.base import InstrumentConfig
+from edge_daq.writes.limits import WriteLimits, engineering_range, range_issue
 
 Table = Literal["holding", "input", "coil", "discrete"]
 PointType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "bool", "string"]
@@ -40,6 +43,18 @@ REGISTER_COUNT: dict[str, int] = {
     "float64": 4,
 }
 INTEGER_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64"})
+RAW_RANGES: dict[str, tuple[float, float]] = {
+    "int16": (-(2.0**15), 2.0**15 - 1),
+    "uint16": (0.0, 2.0**16 - 1),
+    "int32": (-(2.0**31), 2.0**31 - 1),
+    "uint32": (0.0, 2.0**32 - 1),
+    "int64": (-(2.0**63), 2.0**63 - 1),
+    "uint64": (0.0, 2.0**64 - 1),
+    "float32": (-3.4028234663852886e38, 3.4028234663852886e38),
+    "float64": (-1.7976931348623157e308, 1.7976931348623157e308),
+    "bool": (0.0, 1.0),
+}
+"""What each type can hold on the wire: a write limit outside it (after scale/offset) is a config error."""
 
 
 class ModbusPoint(StrictModel):
@@ -56,6 +71,7 @@ class ModbusPoint(StrictModel):
     byte_order: ByteOrder | None = None
     unit: str | None = None
     tags: dict[str, str] = Field(default_factory=dict)
+    write: WriteLimits | None = None  # writable only with it (edge_daq.writes)
 
     @model_validator(mode="after")
     def _check_shape(self) -> ModbusPoint:
@@ -71,7 +87,23 @@ class ModbusPoint(StrictModel):
             raise ValueError("length applies only to string points")
         if (self.scale is not None or self.offset is not None) and self.type in ("bool", "string"):
             raise ValueError(f"scale and offset do not apply to {self.type} points")
+        if self.write is not None:
+            self._check_write(self.write)
         return self
+
+    def _check_write(self, limits: WriteLimits) -> None:
+        if self.table in ("input", "discrete"):
+            raise ValueError(f"write: the {self.table} table is read-only in Modbus (use holding or coil)")
+        if self.type == "string":
+            raise ValueError("write: string points cannot be written")
+        if self.scale == 0:
+            raise ValueError("write: a point with scale 0 cannot be written (every value reads the same)")
+        low, high = engineering_range(RAW_RANGES[self.type], self.scale, self.offset)
+        issue = range_issue(
+            limits, low, high, f"{self.type}" + (" after scale/offset" if self.scale or self.offset else "")
+        )
+        if issue is not None:
+            raise ValueError(issue)
 
     @property
     def register_count(self) -> int:
@@ -125,8 +157,7 @@ class ModbusInstrumentConfig(InstrumentConfig):
 
 
 class ModbusTcpConfig(ModbusInstrumentConfig):
-    driver: Literal["modbus-tcp"]
-    host: str
+    host: HostName
     port: int = Field(default=502, ge=1, le=65535)
 
 
@@ -146,8 +177,7 @@ class ModbusRtuConfig(ModbusInstrumentConfig):
             - {name: freq_hz, table: holding, address: 4096, type: uint16, scale: 0.01}
     """
 
-    driver: Literal["modbus-rtu"]
-    port: str = Field(min_length=1, description="serial device path")
+    port: DevicePath = Field(min_length=1, description="serial device path")
     baudrate: int = Field(default=19200, ge=300, le=4_000_000)
     parity: Literal["N", "E", "O"] = "E"
     stopbits: Literal[1, 2] = 1
@@ -162,7 +192,17 @@ class ModbusRtuOverTcpConfig(ModbusInstrumentConfig):
     inter-frame silence and widens the response timeout by the frames' time on the line.
     """
 
-    driver: Literal["modbus-rtu-over-tcp"]
-    host: str
+    host: HostName
     port: int = Field(default=4001, ge=1, le=65535)
     baudrate: int | None = Field(default=None, ge=300, le=4_000_000)
+
+
+class ModbusAsciiConfig(ModbusInstrumentConfig):
+    """Modbus ASCII on a serial port (``:`` framing, LRC, CR LF); every instrument with the same ``port``
+    shares one bus, as on RTU. Modbus ASCII's default framing is 7 data bits, even parity (7E1)."""
+
+    port: DevicePath = Field(min_length=1, description="serial device path")
+    baudrate: int = Field(default=9600, ge=300, le=4_000_000)
+    parity: Literal["N", "E", "O"] = "E"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = Field(default=7, description="Modbus ASCII uses 7 data bits (8 on some devices)")

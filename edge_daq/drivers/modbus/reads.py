@@ -36,6 +36,11 @@ class ModbusLink(Link):
         """Execute one planned read and return the reply's data: the registers as they came off the wire (big
         endian, ``2 * count`` bytes) or the packed bits (whole bytes); else raise a DriverError."""
 
+    @abstractmethod
+    async def exchange(self, pdu: bytes, *, unit: int, reply_length: int, response_timeout: float) -> bytes:
+        """Send one request PDU (a write) and return the reply PDU, function code first, an exception reply
+        included; ``reply_length`` is the whole normal RTU reply frame (framings with a length ignore it)."""
+
 
 @dataclass(frozen=True, slots=True)
 class CompiledRead:

@@ -55,11 +55,11 @@ from __future__ import annotations
 import asyncio
 import struct
 from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from edge_daq.drivers.base import DriverPlugin, InstrumentConfig
+from edge_daq.drivers.base import DriverPlugin
 from edge_daq.drivers.channel import ByteChannel, SerialChannel, TcpChannel
-from edge_daq.drivers.modbus.config import ModbusRtuConfig, ModbusRtuOverTcpConfig
+from edge_daq.drivers.modbus.config import ModbusAsciiConfig, ModbusRtuConfig, ModbusRtuOverTcpConfig
 from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table
 from edge_daq.drivers.modbus.reads import EXCEPTION_NAMES, ModbusInstrument, ModbusLink
 from edge_daq.errors import (
@@ -68,11 +68,14 @@ from edge_daq.errors import (
     DriverTimeoutError,
 )
 from edge_daq.loop import sleep_precisely
+from edge_daq.stats import LinkStats
 
 MIN_SILENCE_S = 0.00175
 """Above 19200 baud the Modbus serial line spec fixes the inter-frame silence at 1.75 ms."""
 QUIET_AFTER_TIMEOUT = 0.05
 """After a timeout, the line must stay silent this long (seconds) before the next request."""
+MAX_BUFFERED = 4096
+"""Bytes the receive buffer holds: many RTU frames (256 bytes at most). More is a flood: the link reconnects."""
 _BITS_UNKNOWN_LINE = 11  # 8E1 / 8N2: what a character costs when the line's framing is unknown
 
 
@@ -127,9 +130,10 @@ class RtuLink(ModbusLink):
         self._lock = asyncio.Lock()
         self._line_free_at = 0.0
         self._unit_free_at: dict[int, float] = {}
-        self.stale_bytes = 0
-        """Bytes dropped before a request or ahead of a matching reply (late replies, noise)."""
-        self.crc_errors = 0
+        channel.limit = MAX_BUFFERED
+        self.stats = LinkStats(link=channel.describe)
+        """``stale_bytes``: dropped before a request or ahead of a matching reply (late replies, noise);
+        ``crc_errors``; ``garbled_frames``: floods that filled the receive buffer, each closing the link."""
 
     @property
     def describe(self) -> str:
@@ -147,34 +151,54 @@ class RtuLink(ModbusLink):
     async def close(self) -> None:
         await self.channel.close()
 
+    check_name = "CRC"
+    """The frame check, in errors: the ASCII framing's is an LRC."""
+
+    def encode(self, unit: int, pdu: bytes) -> bytes:
+        """A request on the wire."""
+        return frame(unit, pdu)
+
+    def reply_characters(self, reply_length: int) -> int:
+        """Characters on the line of a reply of ``reply_length`` RTU bytes (unit, PDU, CRC)."""
+        return reply_length
+
     async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> bytes:
         """Execute one planned read and return the reply's data bytes (registers big endian, or packed bits)."""
         pdu = struct.pack(">BHH", request.function_code, request.address, request.count)
         reply = await self.transact(unit, pdu, expected_reply_length(request), response_timeout)
         return _data(reply, request, unit=unit, where=self.describe)
 
-    async def transact(self, unit: int, pdu: bytes, reply_length: int, response_timeout: float) -> bytes:
+    async def exchange(self, pdu: bytes, *, unit: int, reply_length: int, response_timeout: float) -> bytes:
+        # A write's reply echoes address and value where a read's has a byte count: none to check.
+        return await self.transact(unit, pdu, reply_length, response_timeout, byte_count=False)
+
+    async def transact(
+        self, unit: int, pdu: bytes, reply_length: int, response_timeout: float, *, byte_count: bool = True
+    ) -> bytes:
         """Send one request and return the reply's PDU (function code first, CRC stripped).
 
         ``reply_length`` is the whole normal reply frame in bytes; an exception reply (5 bytes) is also
-        accepted. Raises DriverTimeoutError, DriverProtocolError (CRC error) or DriverConnectionError.
+        accepted; ``byte_count``: the reply's third byte is its byte count (a read's), checked. Raises
+        DriverTimeoutError, DriverProtocolError (CRC error) or DriverConnectionError.
         """
         async with self._lock:
             channel = self.channel
             channel.check()
+            if channel.overflowed:
+                raise await self._resynchronise(unit)
             loop = asyncio.get_running_loop()
-            request = frame(unit, pdu)
+            request = self.encode(unit, pdu)
             quiet_until = max(
                 self._line_free_at, channel.last_received + self.silence, self._unit_free_at.get(unit, 0.0)
             )
             if (wait := quiet_until - loop.time()) > 0:
                 await sleep_precisely(wait)
-            self.stale_bytes += channel.discard_input()
+            self.stats.stale_bytes += channel.discard_input()
             await channel.write(request)
             sent = loop.time()
-            wire_time = (len(request) + reply_length) * self.character_time
+            wire_time = (len(request) + self.reply_characters(reply_length)) * self.character_time
             try:
-                reply = await self._receive(unit, pdu[0], reply_length, response_timeout + wire_time)
+                reply = await self._receive(unit, pdu[0], reply_length, response_timeout + wire_time, byte_count)
             except DriverTimeoutError:
                 # The slave may still answer: no collision with the next request, no late reply taken for
                 # this unit's next one (see the module's docstring).
@@ -184,36 +208,49 @@ class RtuLink(ModbusLink):
             self._line_free_at = loop.time() + self.silence
             return reply
 
-    async def _receive(self, unit: int, function: int, length: int, within: float) -> bytes:
+    async def _receive(self, unit: int, function: int, length: int, within: float, byte_count: bool) -> bytes:
         channel = self.channel
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
         crc_failed = False
         while True:
-            found, crc_bad = self._scan(unit, function, length)
+            found, crc_bad = self._scan(unit, function, length, byte_count)
             if found is not None:
                 return found
             crc_failed = crc_failed or crc_bad
+            if channel.overflowed:
+                raise await self._resynchronise(unit)
             remaining = deadline - loop.time()
             if crc_failed:
                 # The slave's answer arrived damaged; unless more bytes follow, that is the answer.
                 if not await channel.wait_data(min(remaining, max(self.silence, 0.005))):
-                    self.crc_errors += 1
+                    self.stats.crc_errors += 1
                     raise DriverProtocolError(
-                        f"{self.describe} unit {unit}: CRC error in the reply to FC{function:02d} "
+                        f"{self.describe} unit {unit}: {self.check_name} error in the reply to FC{function:02d} "
                         "(noise, a wrong parity or two slaves with the same unit id)"
                     )
             elif not await channel.wait_data(remaining):
                 garbage = len(channel.buffer)
                 if garbage:
-                    self.stale_bytes += garbage
+                    self.stats.stale_bytes += garbage
                     raise DriverTimeoutError(
                         f"{self.describe} unit {unit}: no valid reply within {within:g} s "
                         f"({garbage} unexpected bytes: wrong baud rate or parity?)"
                     )
                 raise DriverTimeoutError(f"{self.describe} unit {unit}: no response within {within:g} s")
 
-    def _scan(self, unit: int, function: int, length: int) -> tuple[bytes | None, bool]:
+    async def _resynchronise(self, unit: int) -> DriverProtocolError:
+        """A flood filled the receive buffer (a device server streaming noise): close, to start afresh."""
+        self.stats.garbled_frames += 1
+        self.stats.reconnects += 1
+        self.stats.stale_bytes += len(self.channel.buffer)
+        await self.channel.close()
+        return DriverProtocolError(
+            f"{self.describe} unit {unit}: over {MAX_BUFFERED} bytes without a valid reply "
+            "(a flood of noise, or the wrong baud rate); reconnecting"
+        )
+
+    def _scan(self, unit: int, function: int, length: int, byte_count: bool = True) -> tuple[bytes | None, bool]:
         """Find our reply in the buffer: (its PDU or None, whether a matching header failed its CRC)."""
         buffer = self.channel.buffer
         crc_bad = False
@@ -223,7 +260,7 @@ class RtuLink(ModbusLink):
             answered = buffer[start + 1]
             if answered == function:
                 size = length
-                if length > 5 and start + 2 < len(buffer) and buffer[start + 2] != length - 5:
+                if byte_count and length > 5 and start + 2 < len(buffer) and buffer[start + 2] != length - 5:
                     continue  # another read's byte count: not ours
             elif answered == function | 0x80:
                 size = 5
@@ -236,7 +273,7 @@ class RtuLink(ModbusLink):
             if struct.unpack_from("<H", buffer, end - 2)[0] != crc16(body):
                 crc_bad = True
                 continue
-            self.stale_bytes += start
+            self.stats.stale_bytes += start
             del buffer[:end]
             return body[1:], False
         return None, crc_bad
@@ -254,7 +291,7 @@ def _data(reply: bytes, request: ReadRequest, *, unit: int, where: str) -> bytes
     return reply[2:]  # the scan checked the byte count
 
 
-RtuConfigT = TypeVar("RtuConfigT", bound=ModbusRtuConfig | ModbusRtuOverTcpConfig)
+RtuConfigT = TypeVar("RtuConfigT", bound=ModbusRtuConfig | ModbusRtuOverTcpConfig | ModbusAsciiConfig)
 
 
 class ModbusRtuInstrument(ModbusInstrument[RtuConfigT, RtuLink], Generic[RtuConfigT]):
@@ -263,9 +300,6 @@ class ModbusRtuInstrument(ModbusInstrument[RtuConfigT, RtuLink], Generic[RtuConf
 
 
 class ModbusRtuPlugin(DriverPlugin[ModbusRtuConfig, RtuLink]):
-    name: ClassVar[str] = "modbus-rtu"
-    config_model: ClassVar[type[InstrumentConfig]] = ModbusRtuConfig
-
     def link_key(self, config: ModbusRtuConfig) -> str:
         return config.port
 
@@ -279,9 +313,6 @@ class ModbusRtuPlugin(DriverPlugin[ModbusRtuConfig, RtuLink]):
 
 
 class ModbusRtuOverTcpPlugin(DriverPlugin[ModbusRtuOverTcpConfig, RtuLink]):
-    name: ClassVar[str] = "modbus-rtu-over-tcp"
-    config_model: ClassVar[type[InstrumentConfig]] = ModbusRtuOverTcpConfig
-
     def link_key(self, config: ModbusRtuOverTcpConfig) -> str:
         return f"rtu+tcp://{config.host}:{config.port}"
 

@@ -28,13 +28,22 @@ Here:
 
 - Each request gets the next transaction id (1 to 65535, then 1 again). A reply is matched to its request by
   transaction id; a reply with no pending request (the late answer to a read that timed out, or a duplicate)
-  is dropped and counted in :attr:`ModbusTcpLink.late_replies`. Devices that answer every request with
-  transaction id 0 are common enough to accept such a reply for the one request in flight.
+  is dropped and counted in the link's ``late_replies``.
+- Devices that answer every request with transaction id 0 are common enough to be served, but only such
+  devices: the first reply on a connection tells. If it echoes the request's id, the server echoes, and a
+  reply with id 0 on that connection is never an answer (it is dropped as late). If it carries id 0 while
+  exactly one request is in flight and none has timed out on the connection yet, it answers that request and
+  the server is taken to answer with 0. Since a late reply of such a server cannot be told from the next
+  request's answer, a timeout on that connection closes it (the scheduler reopens it at the next poll); and
+  a reply with id 0 after a timeout, while the server has not yet shown which kind it is, closes it as well.
 - The response timeout is the polling instrument's ``timeout``, one timer per request. Nothing is resent; the
   scheduler owns retries and decides when a link is closed and reopened.
 - A reply must come from the unit asked, with the function code asked (or its exception bit set) and the byte
   count of the count asked; anything else is a protocol error of that read. A header that is not Modbus
-  (protocol id not 0, a length Modbus cannot have) means the stream is out of step: the connection is closed.
+  (protocol id not 0, a length Modbus cannot have) means the stream is out of step: the connection is closed
+  at once. So does a request that times out with part of a frame in the buffer (half a frame then silence,
+  or a length field longer than the frame, which would swallow the next replies): the next poll starts on a
+  fresh connection instead of waiting for bytes that will never complete the frame.
 - When the connection is closed by the server or the network, the request in flight fails at once as a lost
   connection, not after its timeout.
 """
@@ -45,10 +54,10 @@ import asyncio
 import enum
 import socket
 import struct
-from collections.abc import Sequence
-from typing import ClassVar, cast
+from collections.abc import Callable, Sequence
+from typing import cast
 
-from edge_daq.drivers.base import DriverPlugin, InstrumentConfig
+from edge_daq.drivers.base import DriverPlugin
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
 from edge_daq.drivers.modbus.planner import ReadRequest, is_bit_table
 from edge_daq.drivers.modbus.reads import EXCEPTION_NAMES, ModbusInstrument, ModbusLink
@@ -58,6 +67,7 @@ from edge_daq.errors import (
     DriverProtocolError,
     DriverTimeoutError,
 )
+from edge_daq.stats import LinkStats
 
 MBAP_HEADER = struct.Struct(">HHHB")
 """Transaction id, protocol id (0), length of what follows (unit id and PDU), unit id."""
@@ -87,6 +97,10 @@ class _MbapProtocol(asyncio.Protocol):
         self.pending: dict[int, asyncio.Future[Outcome]] = {}
         self.buffer = bytearray()
         self.closed = False
+        self.zero_ids: bool | None = None
+        """Whether the server answers every request with transaction id 0; None until its first reply."""
+        self.timed_out = False
+        """A request on this connection timed out (its reply may still come)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # A cast, not an isinstance check: uvloop's TCP transport is not a subclass of asyncio.Transport.
@@ -98,11 +112,7 @@ class _MbapProtocol(asyncio.Protocol):
         while len(buffer) > _HEADER_SIZE:
             transaction, protocol, length = struct.unpack_from(">HHH", buffer)
             if protocol != 0 or not 2 <= length <= _MAX_LENGTH:
-                self.link.garbled_frames += 1
-                self.closed = True
-                self._fail_all(NoReply.OUT_OF_STEP)
-                assert self.transport is not None
-                self.transport.abort()
+                self.resynchronise()
                 return
             end = _HEADER_SIZE + length
             if len(buffer) < end:
@@ -110,12 +120,32 @@ class _MbapProtocol(asyncio.Protocol):
             frame = bytes(buffer[_HEADER_SIZE:end])  # unit id, then the PDU
             del buffer[:end]
             waiter = self.pending.pop(transaction, None)
-            if waiter is None and transaction == 0 and len(self.pending) == 1:
-                waiter = self.pending.pop(next(iter(self.pending)))
+            if waiter is not None:
+                self.zero_ids = False if self.zero_ids is None else self.zero_ids
+            elif transaction == 0 and self.zero_ids is not False and self.pending:
+                if self.timed_out and self.zero_ids is None:
+                    # A late answer or the answer to the request in flight: no way to tell, start afresh.
+                    self.link.stats.late_replies += 1
+                    self.resynchronise(garbled=False)
+                    return
+                if len(self.pending) == 1:
+                    self.zero_ids = True
+                    waiter = self.pending.pop(next(iter(self.pending)))
             if waiter is None or waiter.done():
-                self.link.late_replies += 1
+                self.link.stats.late_replies += 1
             else:
                 waiter.set_result(frame)
+
+    def resynchronise(self, *, garbled: bool = True) -> None:
+        """Out of step with the server: fail what is pending and close; the next poll opens a new connection."""
+        if garbled:
+            self.link.stats.garbled_frames += 1
+        self.link.stats.reconnects += 1
+        self.closed = True
+        self._fail_all(NoReply.OUT_OF_STEP)
+        self.buffer.clear()
+        if self.transport is not None:
+            self.transport.abort()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -144,10 +174,10 @@ class ModbusTcpLink(ModbusLink):
         self._protocol: _MbapProtocol | None = None
         self._lock = asyncio.Lock()
         self._transaction = 0
-        self.late_replies = 0
-        """Replies that matched no pending request (answers after a timeout, duplicates): dropped."""
-        self.garbled_frames = 0
-        """Headers that were not Modbus TCP: each closed the connection."""
+        self.stats = LinkStats(link=self.describe)
+        """``late_replies``: replies that matched no pending request (answers after a timeout, duplicates),
+        dropped; ``garbled_frames``: headers that were not Modbus TCP and frames that stalled half-way, each of
+        which closed the connection."""
 
     @property
     def describe(self) -> str:
@@ -179,30 +209,87 @@ class ModbusTcpLink(ModbusLink):
 
     async def read(self, request: ReadRequest, *, unit: int, response_timeout: float) -> bytes:
         """Execute one planned read and return the reply's data bytes (registers big endian, or packed bits)."""
+        function = request.function_code
         async with self._lock:
-            protocol = self._protocol
-            if protocol is None or protocol.closed or protocol.transport is None:
-                raise DriverConnectionError(f"{self.describe} is not connected")
-            self._transaction = transaction = self._transaction % _TRANSACTION_IDS + 1
-            loop = asyncio.get_running_loop()
-            waiter: asyncio.Future[Outcome] = loop.create_future()
-            pending = protocol.pending
-            pending[transaction] = waiter
-            function = request.function_code
-            protocol.transport.write(_READ_ADU.pack(transaction, 0, 6, unit, function, request.address, request.count))
-            # One timer rather than asyncio.timeout: no task cancellation on the common path (driver overhead).
-            timer = loop.call_later(response_timeout, _expire, pending, transaction)
-            try:
-                frame = await waiter
-            finally:
-                timer.cancel()
-                if pending.get(transaction) is waiter:
-                    del pending[transaction]
+            protocol = self._connected("")
+            frame = await self._transact(
+                protocol,
+                lambda transaction: _READ_ADU.pack(transaction, 0, 6, unit, function, request.address, request.count),
+                response_timeout,
+            )
+            if frame is NoReply.TIMED_OUT and self._after_timeout(protocol):
+                raise DriverTimeoutError(
+                    f"{self.describe} unit {unit}: no complete reply within {response_timeout:g} s "
+                    "(part of a frame, then silence: out of step, reconnecting)"
+                )
         if type(frame) is bytes and len(frame) > 2 and frame[0] == unit and frame[1] == function:
             expected = (request.count + 7) // 8 if is_bit_table(request.table) else 2 * request.count
             if frame[2] == expected and len(frame) == 3 + expected:
                 return frame[3:]
         raise self._failure(frame, request, unit, response_timeout)
+
+    async def exchange(self, pdu: bytes, *, unit: int, reply_length: int, response_timeout: float) -> bytes:
+        """Send one request PDU (a write) and return the reply PDU from the unit asked; nothing is resent."""
+        asked = f"FC{pdu[0]:02d}"
+        async with self._lock:
+            protocol = self._connected(f" ({asked} not sent)")
+            frame = await self._transact(
+                protocol,
+                lambda transaction: MBAP_HEADER.pack(transaction, 0, len(pdu) + 1, unit) + pdu,
+                response_timeout,
+            )
+            if frame is NoReply.TIMED_OUT:
+                self._after_timeout(protocol)
+        where = f"{self.describe} unit {unit}"
+        if frame is NoReply.TIMED_OUT:
+            raise DriverTimeoutError(f"{where}: no response within {response_timeout:g} s ({asked})")
+        if frame is NoReply.CONNECTION_LOST:
+            raise DriverConnectionError(f"{self.describe}: connection lost ({asked} unanswered)")
+        if isinstance(frame, NoReply):
+            raise DriverProtocolError(f"{self.describe}: reply is not Modbus TCP or out of step; reconnecting")
+        if len(frame) < 2 or frame[0] != unit:
+            raise DriverProtocolError(f"{where}: reply from another unit to {asked}")
+        if frame[1] & 0x7F != pdu[0]:
+            raise DriverProtocolError(f"{where}: reply with function code {frame[1]} to {asked}")
+        return frame[1:]
+
+    def _connected(self, detail: str) -> _MbapProtocol:
+        protocol = self._protocol
+        if protocol is None or protocol.closed or protocol.transport is None:
+            raise DriverConnectionError(f"{self.describe} is not connected{detail}")
+        return protocol
+
+    async def _transact(self, protocol: _MbapProtocol, adu: Callable[[int], bytes], response_timeout: float) -> Outcome:
+        """Send the ADU built for the next transaction id and wait for its reply (or why there is none)."""
+        assert protocol.transport is not None
+        self._transaction = transaction = self._transaction % _TRANSACTION_IDS + 1
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Outcome] = loop.create_future()
+        pending = protocol.pending
+        pending[transaction] = waiter
+        protocol.transport.write(adu(transaction))
+        # One timer rather than asyncio.timeout: no task cancellation on the common path (driver overhead).
+        timer = loop.call_later(response_timeout, _expire, pending, transaction)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            if pending.get(transaction) is waiter:
+                del pending[transaction]
+
+    def _after_timeout(self, protocol: _MbapProtocol) -> bool:
+        """Resynchronise if the timeout shows the stream out of step; True if part of a frame was pending."""
+        protocol.timed_out = True
+        if protocol.buffer:
+            # Part of a frame that did not complete in a whole response timeout: the stream is out of step (a
+            # length field longer than its frame, or a server that stopped half-way). Waiting only lets the
+            # stale part swallow the next replies.
+            protocol.resynchronise()
+            return True
+        if protocol.zero_ids:
+            # A late reply of a server that answers with id 0 would be taken for the next request's.
+            protocol.resynchronise(garbled=False)
+        return False
 
     def _failure(self, frame: Outcome, request: ReadRequest, unit: int, response_timeout: float) -> Exception:
         where = f"{self.describe} unit {unit}"
@@ -212,7 +299,7 @@ class ModbusTcpLink(ModbusLink):
         if frame is NoReply.CONNECTION_LOST:
             return DriverConnectionError(f"{self.describe}: connection lost ({asked} unanswered)")
         if isinstance(frame, NoReply):
-            return DriverProtocolError(f"{self.describe}: reply is not Modbus TCP (bad MBAP header); reconnecting")
+            return DriverProtocolError(f"{self.describe}: reply is not Modbus TCP or out of step; reconnecting")
         if frame[0] != unit:
             return DriverProtocolError(f"{where}: reply from unit {frame[0]} to {asked}")
         if len(frame) == 3 and frame[1] == request.function_code | 0x80:
@@ -229,9 +316,6 @@ class ModbusTcpInstrument(ModbusInstrument[ModbusTcpConfig, ModbusTcpLink]):
 
 
 class ModbusTcpPlugin(DriverPlugin[ModbusTcpConfig, ModbusTcpLink]):
-    name: ClassVar[str] = "modbus-tcp"
-    config_model: ClassVar[type[InstrumentConfig]] = ModbusTcpConfig
-
     def link_key(self, config: ModbusTcpConfig) -> str:
         return f"tcp://{config.host}:{config.port}"
 

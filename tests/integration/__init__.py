@@ -1,0 +1,1 @@
+"""Integration tests: real InfluxDB, VictoriaMetrics and Mosquitto, simulators on ports, daemon subprocesses."""

@@ -1,0 +1,1 @@
+"""Unit tests: in-process only, no servers, no simulators on ports, no daemon subprocesses."""
