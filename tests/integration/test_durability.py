@@ -183,6 +183,28 @@ def _start_daemon(gateway: Path, log: Path) -> subprocess.Popen[bytes]:
         return subprocess.Popen([str(EDGE_DAQ), "run", "-c", str(gateway)], stdout=out, stderr=subprocess.STDOUT)
 
 
+def _tail(log: Path) -> str:
+    return log.read_text()[-3000:]
+
+
+async def _points(influxdb: InfluxDBv1Server, database: str) -> int:
+    """Records of the "dut" measurement in the database so far; 0 until the first write created it."""
+    try:
+        return len(await times_in(influxdb, database, "dut"))
+    except AssertionError as error:  # the query's own error: "database not found" before the first write
+        if "not found" in str(error):
+            return 0
+        raise
+
+
+async def _until_more_points(influxdb: InfluxDBv1Server, database: str, above: int, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while await _points(influxdb, database) <= above:
+        if time.monotonic() > deadline:
+            pytest.fail(f"no new record reached InfluxDB within 30 s of the start: {_tail(log)}")
+        await asyncio.sleep(0.05)
+
+
 async def test_sigkill_during_ingest_loses_at_most_one_fsync_window(
     influxdb_v1: InfluxDBv1Server, tmp_path: Path
 ) -> None:
@@ -199,13 +221,19 @@ async def test_sigkill_during_ingest_loses_at_most_one_fsync_window(
     kills: list[int] = []
     try:
         for _ in range(3):
+            delivered = await _points(influxdb_v1, database)
             daemon = _start_daemon(gateway, log)
-            await asyncio.sleep(2.0 + rng.random())  # start-up, then a random moment during ingest
+            # Once this run's records reach the database (start-up takes seconds on a loaded CI machine, so a
+            # fixed sleep left some runs no time to ingest), a random moment during ingest.
+            await _until_more_points(influxdb_v1, database, delivered, log)
+            await asyncio.sleep(0.5 + rng.random())
             kills.append(time.time_ns())
             daemon.send_signal(signal.SIGKILL)
             await asyncio.to_thread(daemon.wait)
+        delivered = await _points(influxdb_v1, database)
         daemon = _start_daemon(gateway, log)
-        await asyncio.sleep(2.0)
+        await _until_more_points(influxdb_v1, database, delivered, log)
+        await asyncio.sleep(1.0)
         daemon.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(daemon.wait, 30) == 0, log.read_text()[-3000:]
     finally:
