@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Figure, emit, ratio
+from bench.common import Figure, driver_poll_rate, emit, ratio
 from edge_daq.drivers.modbus.ascii import PLUGIN as ASCII
 from edge_daq.drivers.modbus.config import ModbusAsciiConfig
 from simulators import create_rtu_server
@@ -44,17 +44,7 @@ async def edge_daq_round(link_path: Path, seconds: float) -> float:
         "bytesize": 8, "parity": "N",  # as pymodbus's side: Linux refuses CS7 on a pty pyserial configured
         "points": [{"name": "block", "address": 100, "type": "string", "length": 2 * REGISTERS}],
     })  # fmt: skip
-    link = ASCII.open_link([config])
-    instrument = ASCII.make_instrument(config)
-    await link.open()
-    try:
-        count, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            await instrument.poll(link)
-            count += 1
-        return count / (time.perf_counter() - started)
-    finally:
-        await link.close()
+    return await driver_poll_rate(ASCII, config, seconds)
 
 
 async def pymodbus_round(link_path: Path, seconds: float) -> float:

@@ -169,3 +169,48 @@ async def scheduler_round(plugin: Any, config: Any, seconds: float, *, open_firs
     if stats.failures or stats.failed_points or ring.appended < polls:
         raise RuntimeError(f"edge-daq polls failed: {stats.failures} failures, last error {stats.last_error!r}")
     return polls / elapsed
+
+
+async def driver_poll_rate(plugin: Any, config: Any, seconds: float, *, warm_up: bool = False) -> float:
+    """Polls per second of one instrument through its driver alone (no scheduler), polled back to back on a link
+    opened before the timed part, as the bare library loops it is compared with are."""
+    link = plugin.open_link([config])
+    instrument = plugin.make_instrument(config)
+    await link.open()
+    try:
+        if warm_up:
+            await instrument.poll(link)
+        count, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            await instrument.poll(link)
+            count += 1
+        return float(count / (time.perf_counter() - started))
+    finally:
+        await link.close()
+
+
+def report_overhead(
+    *, benchmark: str, name: str, library: str, baseline: str, ours: Sequence[float], bare: Sequence[float],
+    target: float, value: float | None = None, how: str = "",
+) -> None:  # fmt: skip
+    """Print and emit an A/B overhead figure: edge-daq's mean rate against the bare ``library`` loop's.
+
+    ``value``: the figure's ratio when it is not the ratio of the means (``how`` says what it is instead).
+    """
+    mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
+    value = ratio(mean_ours, mean_bare) if value is None else value
+    print(f"edge-daq {mean_ours:.1f} polls/s, bare {library} {mean_bare:.1f} polls/s" + (" (means)" if how else ""))
+    print(f"ratio edge-daq/{library}: {value:.2f}{how} (target >= {target})")
+    emit(
+        Figure(
+            benchmark=benchmark,
+            name=name,
+            value=mean_ours,
+            unit="polls/s",
+            baseline=baseline,
+            baseline_value=mean_bare,
+            ratio=value,
+            target=f"ratio >= {target}",
+            met=value >= target,
+        )
+    )

@@ -24,7 +24,14 @@ import time
 from pymodbus.client import AsyncModbusTcpClient
 
 from bench import pipeline
-from bench.common import BLOCK_REGISTERS, Figure, emit, instrument_points, pin, ratio, scheduler_round, stop_processes
+from bench.common import (
+    BLOCK_REGISTERS,
+    instrument_points,
+    pin,
+    report_overhead,
+    scheduler_round,
+    stop_processes,
+)
 from edge_daq.drivers.modbus.config import ModbusTcpConfig
 from edge_daq.drivers.modbus.tcp import PLUGIN as MODBUS_TCP
 
@@ -98,22 +105,14 @@ def main(argv: list[str] | None = None) -> int:
         ours, bare = asyncio.run(measure(ports[0], args.rounds, args.seconds))
     finally:
         stop_processes(simulators)
-    mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
-    value = ratio(mean_ours, mean_bare)
-    print(f"edge-daq {mean_ours:.1f} polls/s, bare pymodbus {mean_bare:.1f} polls/s")
-    print(f"ratio edge-daq/pymodbus: {value:.2f} (target >= {TARGET})")
-    emit(
-        Figure(
-            benchmark="driver_overhead",
-            name="driver overhead: polls/s of one Modbus TCP instrument",
-            value=mean_ours,
-            unit="polls/s",
-            baseline="bare pymodbus read loop",
-            baseline_value=mean_bare,
-            ratio=value,
-            target=f"ratio >= {TARGET}",
-            met=value >= TARGET,
-        )
+    report_overhead(
+        benchmark="driver_overhead",
+        name="driver overhead: polls/s of one Modbus TCP instrument",
+        library="pymodbus",
+        baseline="bare pymodbus read loop",
+        ours=ours,
+        bare=bare,
+        target=TARGET,
     )
     return 0
 

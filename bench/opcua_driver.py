@@ -23,7 +23,7 @@ import time
 from asyncua import Client, ua
 
 from bench import pipeline
-from bench.common import Figure, emit, pin, ratio, scheduler_round, stop_processes
+from bench.common import pin, report_overhead, scheduler_round, stop_processes
 from edge_daq.drivers.opcua.config import OpcUaConfig
 from edge_daq.drivers.opcua.driver import PLUGIN as OPCUA
 from tests.servers import free_port, wait_for_port
@@ -110,22 +110,14 @@ def main(argv: list[str] | None = None) -> int:
         ours, bare = asyncio.run(measure(endpoint, args.rounds, args.seconds))
     finally:
         stop_processes([server])
-    mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
-    value = ratio(mean_ours, mean_bare)
-    print(f"edge-daq {mean_ours:.1f} polls/s, bare asyncua {mean_bare:.1f} polls/s")
-    print(f"ratio edge-daq/asyncua: {value:.2f} (target >= {TARGET})")
-    emit(
-        Figure(
-            benchmark="opcua_driver",
-            name="OPC UA driver overhead: polls/s of one polled OPC UA instrument",
-            value=mean_ours,
-            unit="polls/s",
-            baseline="bare asyncua read loop",
-            baseline_value=mean_bare,
-            ratio=value,
-            target=f"ratio >= {TARGET}",
-            met=value >= TARGET,
-        )
+    report_overhead(
+        benchmark="opcua_driver",
+        name="OPC UA driver overhead: polls/s of one polled OPC UA instrument",
+        library="asyncua",
+        baseline="bare asyncua read loop",
+        ours=ours,
+        bare=bare,
+        target=TARGET,
     )
     return 0
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import serial  # type: ignore[import-untyped]
 
-from bench.common import Figure, emit
+from bench.common import Figure, driver_poll_rate, emit
 from edge_daq.drivers.modbus.config import ModbusRtuConfig
 from edge_daq.drivers.modbus.rtu import PLUGIN as RTU
 from edge_daq.drivers.scpi.config import ScpiSerialConfig
@@ -45,18 +45,7 @@ async def rtu_rate(folder: Path, baudrate: int, seconds: float) -> float:
             "name": "f4", "driver": "modbus-rtu", "port": str(link_path), "baudrate": baudrate, "parity": "E",
             "timeout": 0.5, "points": [{"name": "block", "address": 100, "type": "string", "length": 2 * REGISTERS}],
         })  # fmt: skip
-        link = RTU.open_link([config])
-        instrument = RTU.make_instrument(config)
-        await link.open()
-        try:
-            await instrument.poll(link)  # warm up
-            count, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                await instrument.poll(link)
-                count += 1
-            return count / (time.perf_counter() - started)
-        finally:
-            await link.close()
+        return await driver_poll_rate(RTU, config, seconds, warm_up=True)
 
 
 async def scpi_rates(folder: Path, baudrate: int, seconds: float) -> tuple[float, float]:
@@ -66,17 +55,7 @@ async def scpi_rates(folder: Path, baudrate: int, seconds: float) -> tuple[float
             "name": "smu", "driver": "scpi-serial", "port": str(link_path), "baudrate": baudrate, "timeout": 1.0,
             "points": [{"query": ":READ?", "fields": ["v", "i", "r", "t", "s"]}],
         })  # fmt: skip
-        link = SCPI.open_link([config])
-        instrument = SCPI.make_instrument(config)
-        await link.open()
-        try:
-            count, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                await instrument.poll(link)
-                count += 1
-            ours = count / (time.perf_counter() - started)
-        finally:
-            await link.close()
+        ours = await driver_poll_rate(SCPI, config, seconds)
         raw = await asyncio.to_thread(_pyserial_loop, str(link_path), baudrate, seconds)
     return ours, raw
 

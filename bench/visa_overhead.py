@@ -27,7 +27,7 @@ import sys
 import time
 from typing import Any
 
-from bench.common import Figure, emit, pin, ratio, scheduler_round, stop_processes
+from bench.common import pin, ratio, report_overhead, scheduler_round, stop_processes
 from bench.pipeline import PIPELINE_CORE, SERVER_CORE
 from edge_daq.drivers.scpi.config import VisaConfig
 from edge_daq.drivers.scpi.visa import PLUGIN as VISA
@@ -109,24 +109,18 @@ def figure(latency: float, rounds: int, seconds: float) -> None:
         ours, bare = asyncio.run(measure(port, rounds, seconds))
     finally:
         stop_processes([simulator])
-    mean_ours, mean_bare = sum(ours) / len(ours), sum(bare) / len(bare)
     # The median of the rounds' ratios, pair by pair: a round that another process slowed moves one pair, not
     # the figure (the ratio of the means follows whichever side the noise hit hardest).
-    value = statistics.median(ratio(a, b) for a, b in zip(ours, bare, strict=True))
-    print(f"edge-daq {mean_ours:.1f} polls/s, bare pyvisa {mean_bare:.1f} polls/s (means)")
-    print(f"ratio edge-daq/pyvisa: {value:.2f}, median of the rounds (target >= {TARGET})")
-    emit(
-        Figure(
-            benchmark="visa_overhead",
-            name=f"VISA driver: :READ? polls/s through pyvisa-py SOCKET, simulator {where}",
-            value=mean_ours,
-            unit="polls/s",
-            baseline="bare pyvisa loop (write_raw, read_bytes)",
-            baseline_value=mean_bare,
-            ratio=value,
-            target=f"ratio >= {TARGET}",
-            met=value >= TARGET,
-        )
+    report_overhead(
+        benchmark="visa_overhead",
+        name=f"VISA driver: :READ? polls/s through pyvisa-py SOCKET, simulator {where}",
+        library="pyvisa",
+        baseline="bare pyvisa loop (write_raw, read_bytes)",
+        ours=ours,
+        bare=bare,
+        target=TARGET,
+        value=statistics.median(ratio(a, b) for a, b in zip(ours, bare, strict=True)),
+        how=", median of the rounds",
     )
 
 
