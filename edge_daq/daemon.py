@@ -344,7 +344,7 @@ class Daemon:
             self._start_reliability()
             if not self.reliability.rigs and has_writable_points(self.config.rigs):
                 # No engine serves the control socket: the write command still needs it.
-                socket_path = self.config.gateway.state_path / "control.sock"
+                socket_path = self.config.gateway.control_socket_path
                 group.create_task(
                     supervise("writes", lambda: serve_writes(socket_path, self.writes, stop), kind="writes"),
                     name="writes control",

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edge_daq.buffer.ring import RingReader
+from edge_daq.cli.test_cmd import print_config_issues
 from edge_daq.config.loader import LoadedConfig, load_config, shipped_profiles_folder
 from edge_daq.config.models import OutputsConfig
 from edge_daq.daemon import Daemon
@@ -44,9 +44,7 @@ def run_demo(*, config: Path | None, out: Path, duration: float | None, live: bo
     try:
         loaded = load_config(config_path)
     except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
+        return print_config_issues(error)
     # Everything the demo writes stays in its output folder: the line protocol, and the test state of rigs
     # under reliability test (stress time, DUT states, the event journal).
     gateway = loaded.gateway.model_copy(

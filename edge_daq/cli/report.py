@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from edge_daq.cli.test_cmd import DEFAULT_CONFIG, add_state_arguments, state_dir_of
+from edge_daq.cli.test_cmd import DEFAULT_CONFIG, add_state_arguments, print_config_issues, state_dir_of
 
 if TYPE_CHECKING:
     from edge_daq.reliability.acceleration import AccelerationModel
@@ -104,9 +104,7 @@ def _load(args: argparse.Namespace) -> tuple[RigState | None, list[AccelerationM
             models, known_rig = list(rig.acceleration), True
         state = load_state(state_dir_of(args), args.rig)
     except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
+        return print_config_issues(error)
     except (OSError, ValueError) as error:  # unreadable, or not a state this release knows
         print(f"edge-daq report: {error}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO, get_args
 from edge_daq.reliability.config import TestKind
 
 if TYPE_CHECKING:
+    from edge_daq.errors import ConfigError
     from edge_daq.reliability.state import RigState
 
 DEFAULT_CONFIG = Path("/etc/edge-daq/edge-daq.yaml")
@@ -55,9 +56,7 @@ def rig_state(args: argparse.Namespace, command: str) -> RigState | int:
     try:
         state = load_state(state_dir_of(args), args.rig)
     except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
+        return print_config_issues(error)
     except (OSError, ValueError) as error:  # unreadable, or not a state this release knows
         print(f"edge-daq {command}: {error}", file=sys.stderr)
         return 1
@@ -88,24 +87,44 @@ def add_note_arguments(parser: argparse.ArgumentParser) -> None:
     add_state_arguments(parser)
 
 
-def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO, *, within: float = 5.0) -> int:
+def print_config_issues(error: ConfigError) -> int:
+    """A refused gateway file's issues on stderr, one a line: the exit status 2 of a command that needed it."""
+    for issue in error.issues:
+        print(issue, file=sys.stderr)
+    return 2
+
+
+def control_request(
+    args: argparse.Namespace, message: dict[str, Any], command: str, *, within: float
+) -> dict[str, Any] | int:
+    """The daemon's accepted reply to ``message`` on its control socket, or the exit status after printing why
+    there is none (a refused gateway file, no access to the socket, no daemon, the daemon's refusal)."""
+    from edge_daq.config.models import CONTROL_SOCKET
     from edge_daq.errors import ConfigError
     from edge_daq.reliability.control import request
 
     try:
-        socket = state_dir_of(args) / "control.sock"
+        socket = state_dir_of(args) / CONTROL_SOCKET
     except ConfigError as error:
-        for issue in error.issues:
-            print(issue, file=sys.stderr)
-        return 2
+        return print_config_issues(error)
     try:
         reply = asyncio.run(request(socket, message, within=within))
+    except PermissionError as error:
+        print(f"{command}: no access to the daemon's control socket {socket}: {error.strerror}", file=sys.stderr)
+        return 1
     except (OSError, TimeoutError) as error:
-        print(f"edge-daq: cannot reach the daemon at {socket}: {error}", file=sys.stderr)
+        print(f"{command}: cannot reach the daemon at {socket}: {error}", file=sys.stderr)
         return 1
     if not reply.get("ok"):
-        print(f"edge-daq: {reply.get('error')}", file=sys.stderr)
+        print(f"{command}: {reply.get('error')}", file=sys.stderr)
         return 1
+    return reply
+
+
+def _send(args: argparse.Namespace, message: dict[str, Any], out: TextIO, *, within: float = 5.0) -> int:
+    reply = control_request(args, message, "edge-daq", within=within)
+    if isinstance(reply, int):
+        return reply
     print(json.dumps(reply["status"], indent=2) if "status" in reply else reply.get("message", "ok"), file=out)
     return 0
 

@@ -784,7 +784,7 @@ def check_control_socket(gateway: GatewayConfig, data: LocatedDict) -> ConfigIss
 
     Relative folders are taken from the current folder, as the daemon does.
     """
-    socket_path = (gateway.state_path / "control.sock").absolute()
+    socket_path = gateway.control_socket_path.absolute()
     size = len(os.fsencode(socket_path))
     if size <= UNIX_SOCKET_PATH_MAX:
         return None

@@ -54,6 +54,8 @@ from edge_daq.writes.action_config import Interlock
 from edge_daq.writes.http_config import HttpWritesConfig
 
 DEFAULT_STATE_DIR = Path("/var/lib/edge-daq/state")
+CONTROL_SOCKET = "control.sock"
+"""The control socket's name in the state folder (``--state-dir`` of the commands that talk to the daemon)."""
 
 
 def _one_or_many(value: object) -> object:
@@ -210,6 +212,11 @@ class GatewayConfig(StrictModel):
         if self.buffer.spool_dir is not None:
             return self.buffer.spool_dir.parent / "state"
         return DEFAULT_STATE_DIR
+
+    @property
+    def control_socket_path(self) -> Path:
+        """The Unix socket of ``edge-daq test``, ``note`` and ``write``, in the state folder."""
+        return self.state_path / CONTROL_SOCKET
 
 
 def _instrument_schema(source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:

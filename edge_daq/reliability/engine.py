@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from edge_daq.buffer.ring import Batch
-from edge_daq.config.models import GatewayConfig, RigConfig, base_tags
+from edge_daq.config.models import CONTROL_SOCKET, GatewayConfig, RigConfig, base_tags
 from edge_daq.errors import SinkError
 from edge_daq.record import FieldValue, Record, Series
 from edge_daq.reliability import readout
@@ -497,7 +497,7 @@ class ReliabilityEngine:
         now = time.time_ns()
         for rig in self.rigs.values():
             rig.start(now)
-        control = ControlServer(self.state_dir / "control.sock", self.handle)
+        control = ControlServer(self.state_dir / CONTROL_SOCKET, self.handle)
         await control.start()
         try:
             async with asyncio.TaskGroup() as group:
