@@ -58,6 +58,14 @@ def check_host(host: str) -> str:
     return host
 
 
+def check_login(username: str | None, password: object, password_file: object) -> None:
+    """A password from one place, the file or the config, and only with the user name it belongs to."""
+    if password is not None and password_file is not None:
+        raise ValueError("give password or password_file, not both")
+    if (password is not None or password_file is not None) and username is None:
+        raise ValueError("a password needs a username")
+
+
 ConfigPath = Annotated[Path, BeforeValidator(_check_path)]
 """A file or folder path: no NUL, every name at most 255 bytes, the whole under 4096 bytes."""
 

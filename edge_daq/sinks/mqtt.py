@@ -58,7 +58,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, field_va
 from edge_daq import __version__
 from edge_daq.config.types import StrictModel
 from edge_daq.config.units import Duration, Timeout
-from edge_daq.config.values import ConfigPath, HostName, check_host
+from edge_daq.config.values import ConfigPath, HostName, check_host, check_login
 from edge_daq.errors import FatalSinkError, RetriableSinkError, SinkError
 from edge_daq.record import FieldValue, Record, Series
 from edge_daq.sinks.base import Output, OutputConfig, WriteResult, read_secret
@@ -179,10 +179,7 @@ class MqttOutputConfig(OutputConfig):
 
     @model_validator(mode="after")
     def _check_credentials(self) -> MqttOutputConfig:
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
-        if (self.password is not None or self.password_file is not None) and self.username is None:
-            raise ValueError("a password needs a username")
+        check_login(self.username, self.password, self.password_file)
         return self
 
     @property

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from edge_daq.config.types import NAME_PATTERN, ConfigPath, Duration, StrictModel
-from edge_daq.config.values import check_host
+from edge_daq.config.values import check_host, check_login
 from edge_daq.drivers.base import InstrumentConfig
 
 ValueType = Literal["float", "int", "bool", "str"]
@@ -206,10 +206,7 @@ class OpcUaConfig(InstrumentConfig):
                 raise ValueError(f"{', '.join(needless)} need a security_policy other than None")
         elif self.certificate is None or self.private_key is None:
             raise ValueError(f"security_policy {self.security_policy} needs certificate and private_key")
-        if self.password is not None and self.password_file is not None:
-            raise ValueError("give password or password_file, not both")
-        if (self.password is not None or self.password_file is not None) and self.username is None:
-            raise ValueError("a password needs a username")
+        check_login(self.username, self.password, self.password_file)
         return self
 
     @property
