@@ -234,6 +234,20 @@ class ModbusRtuServer(SerialEndpoint):
             if len(buffer) > MAX_ASCII_FRAME:
                 buffer.clear()
 
+    def _answer(self, unit: int, pdu: bytes) -> bytes | None:
+        """The reply PDU to one request, or None: a broadcast is applied to every device and never answered."""
+        if unit == BROADCAST:
+            for device in self.devices.values():
+                respond({0: device}, 0, pdu, faults=Faults(), unknown_unit="silent", stats=ServerStats())
+            return None
+        return respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+
+    def _noisy(self, reply: bytes) -> bytes:
+        """``reply`` after three bytes of line noise when the faults ask for garbage."""
+        if self.faults.garbage:
+            return bytes(self._noise.randrange(256) for _ in range(3)) + reply
+        return reply
+
     async def _handle_ascii(self, text: bytes) -> bytes | None:
         try:
             body = bytes.fromhex(text.decode("ascii"))
@@ -243,19 +257,14 @@ class ModbusRtuServer(SerialEndpoint):
             self.stats.bad_frames += 1
             return None
         unit, pdu = body[0], body[1:-1]
-        if unit == BROADCAST:
-            for device in self.devices.values():
-                respond({0: device}, 0, pdu, faults=Faults(), unknown_unit="silent", stats=ServerStats())
-            return None
-        answer = respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+        answer = self._answer(unit, pdu)
         if answer is None:
             return None
         reply = ascii_frame(unit, answer)
         if self.faults.corrupts_crc(unit):
             wrong = (int(reply[-4:-2], 16) ^ 0x5A).to_bytes(1, "big").hex().upper().encode("ascii")
             reply = reply[:-4] + wrong + b"\r\n"
-        if self.faults.garbage:
-            reply = bytes(self._noise.randrange(256) for _ in range(3)) + reply
+        reply = self._noisy(reply)
         wire = (len(text) + 3 + len(reply)) * self.character_time
         await wait_line_time(wire + self.latency + self.faults.reply_delay)
         return reply
@@ -265,18 +274,13 @@ class ModbusRtuServer(SerialEndpoint):
             self.stats.bad_frames += 1
             return None
         unit, pdu = frame[0], frame[1:-2]
-        if unit == BROADCAST:
-            for device in self.devices.values():
-                respond({0: device}, 0, pdu, faults=Faults(), unknown_unit="silent", stats=ServerStats())
-            return None
-        answer = respond(self.devices, unit, pdu, faults=self.faults, unknown_unit=self.unknown_unit, stats=self.stats)
+        answer = self._answer(unit, pdu)
         if answer is None:
             return None
         reply = rtu_frame(unit, answer)
         if self.faults.corrupts_crc(unit):
             reply = reply[:-1] + bytes((reply[-1] ^ 0x5A,))
-        if self.faults.garbage:
-            reply = bytes(self._noise.randrange(256) for _ in range(3)) + reply
+        reply = self._noisy(reply)
         # The request, the silence that ends it and the reply, all at the line's pace.
         wire = (len(frame) + len(reply)) * self.character_time + self.silence
         await wait_line_time(wire + self.latency + self.faults.reply_delay)
