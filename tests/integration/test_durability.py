@@ -16,7 +16,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +31,7 @@ from edge_daq.buffer.spool import core as spool_module
 from edge_daq.config.loader import load_config
 from edge_daq.daemon import Daemon
 from edge_daq.record import Series
+from tests.disks import mounted_tmpfs
 from tests.servers import InfluxDBv1Server, free_port
 
 _databases = itertools.count()
@@ -267,22 +268,6 @@ async def test_sigkill_during_ingest_loses_at_most_one_fsync_window(
 # -- (3) a full disk: a spool cap, and a tiny tmpfs when the test may mount one
 
 
-@contextlib.contextmanager
-def tiny_tmpfs(folder: Path, size: str) -> Iterator[None]:
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(
-            f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): the spool-cap case covers the policy"
-        )
-    try:
-        yield
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 @pytest.mark.parametrize("limit", ["spool_max_bytes", "tmpfs"])
 async def test_full_disk_drops_the_oldest_counts_them_and_keeps_acquiring(
     influxdb_v1: InfluxDBv1Server, tmp_path: Path, limit: str
@@ -292,7 +277,7 @@ async def test_full_disk_drops_the_oldest_counts_them_and_keeps_acquiring(
     if limit == "tmpfs":
         # The disk itself fills up: 1 MiB of tmpfs under a larger cap, no free-space reserve, so writes hit ENOSPC.
         buffer = {"spool_max_bytes": "8MiB", "spool_min_free": 0, "spool_segment_bytes": "64KiB"}
-        context: contextlib.AbstractContextManager[None] = tiny_tmpfs(spool_dir, "1m")
+        context: contextlib.AbstractContextManager[object] = mounted_tmpfs(spool_dir, "1m")
     else:
         buffer = {"spool_max_bytes": "1MiB", "spool_segment_bytes": "64KiB"}
         context = contextlib.nullcontext()

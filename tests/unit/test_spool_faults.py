@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterator, MutableMapping
@@ -29,6 +28,7 @@ from edge_daq.buffer.spool import Spool, SpoolReader
 from edge_daq.buffer.spool import core as spool_core
 from edge_daq.record import Record, Series
 from edge_daq.stats import OutputStats
+from tests.disks import mounted_tmpfs
 from tests.unit.test_spool import open_spool, running
 
 PRODUCED = 6000
@@ -259,17 +259,8 @@ async def test_one_damaged_series_definition_costs_only_the_records_that_need_it
 
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(folder)], capture_output=True, check=False
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "small", "8m") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 @pytest.fixture(autouse=True)
