@@ -341,3 +341,49 @@ async def test_records_that_came_during_a_write_wait_one_flush_interval_from_the
     # The second record waited 0.7 s (the write) since the first batch's read, more than the flush interval: it
     # goes at once, where waiting from the write's end would start it 0.6 s later.
     assert second_start - first_end < 0.3
+
+
+async def _start_of_a_batch_after_a_quiet_write(write_seconds: float, flush_interval: float) -> float:
+    """How long a lone record waits before its write starts, once the runner has seen one write's duration."""
+    ring = RingBuffer(1000)
+    output = SlowOutput(write_seconds, on_first=lambda: None)
+    runner, stats = make_runner(output, ring, batch_size=1000, flush_interval=flush_interval)
+    ring.append(Record(SERIES, {"n": 0}, 0))
+    task = asyncio.create_task(runner.run())
+    appended = 0.0
+    async with asyncio.timeout(10):
+        for count in (1, 2):
+            while stats.delivered < count:
+                await asyncio.sleep(0.01)
+            if count == 1:
+                await asyncio.sleep(0.1)  # the runner is idle, waiting for a record: the batch's wait starts with it
+                appended = asyncio.get_running_loop().time()
+                ring.append(Record(SERIES, {"n": 1}, 1))
+    runner.begin_drain()
+    await asyncio.wait_for(task, 5)
+    return output.spans[1][0] - appended
+
+
+async def test_a_partial_batch_starts_early_by_the_time_writes_take() -> None:
+    """flush_interval is the record's budget to the destination: a 0.25 s write starts the batch 0.25 s early."""
+    waited = await _start_of_a_batch_after_a_quiet_write(0.25, flush_interval=0.8)
+    assert 0.45 < waited < 0.65, waited
+
+
+async def test_slow_writes_still_wait_half_the_flush_interval() -> None:
+    """A database slower than the interval keeps getting batches, not a stream of one-record writes."""
+    waited = await _start_of_a_batch_after_a_quiet_write(1.0, flush_interval=0.6)
+    assert 0.28 < waited < 0.45, waited
+
+
+def test_write_allowance_is_a_high_quantile_of_recent_writes() -> None:
+    times = delivery.WriteTimes()
+    assert times.allowance(1.0) == 0.0
+    for seconds in [0.1] * 28 + [0.3] * 4:
+        times.add(seconds)
+    assert times.allowance(1.0) == pytest.approx(0.3)
+    for _ in range(delivery.WRITE_TIMES_KEPT):
+        times.add(0.05)  # only the recent writes count
+    assert times.allowance(1.0) == pytest.approx(0.05)
+    times.add(5.0)
+    assert times.allowance(1.0) == pytest.approx(0.05)  # one slow write is not the 90th percentile
