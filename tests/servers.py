@@ -215,6 +215,13 @@ class InfluxDBv1Server(_ServerProcess):
         self.rpc_port = 0
         self.config_path = root / "influxdb.conf"
 
+    @classmethod
+    def running_at(cls, root: Path, port: int) -> Self:
+        """A handle on a server that another process started and stops: for its queries (bench.fleet's steps)."""
+        server = cls(root)
+        server.port = port
+        return server
+
     def _choose_ports(self) -> None:
         self.port = free_port()
         self.rpc_port = free_port()

@@ -84,6 +84,7 @@ def test_fleet_benchmark() -> None:
     output = run_benchmark("bench.fleet")
     assert "scaling limit:" in output
     assert "p99 lateness" in output
+    assert "MB per further 1,000 instruments" in output  # the step ran in a process of its own
     assert nodered.is_installed(), output
     assert "Node-RED side by side:" in output, output
     assert "Node-RED    20 instruments:" in output
