@@ -175,6 +175,7 @@ class OutputRunner:
             self.write_times.add(time.monotonic() - started)
             self.stats.delivered += result.written
             self.stats.rejected += result.dropped
+            self.stats.resent += result.resent
             self.stats.batches += 1
             self.stats.last_delivery_wall = time.time()
             if self.stats.failing_since is not None:

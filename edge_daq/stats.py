@@ -98,6 +98,7 @@ class OutputStats:
     lost_by_reason: dict[str, int] = field(default_factory=dict)  # see edge_daq.buffer.spool.model.LOSS_REASONS
     retries: int = 0
     batches: int = 0
+    resent: int = 0  # delivered again on purpose, after a lost connection (duplicates with the same time)
     failing_since: float | None = None
     last_error: str = ""
     last_delivery_wall: float | None = None

@@ -199,6 +199,7 @@ class PipelineView:
             "lost_by_reason": lost_by_reason(output),
             "retries": output.retries,
             "batches": output.batches,
+            "resent": output.resent,
             "values_in": output.values_in,
             "values_sent": output.values_sent,
             "backlog": self.backlog(output.output) if self.backlog is not None else None,
@@ -467,6 +468,11 @@ class PipelineCollector(Collector):
         yield lost
         yield counter("edge_daq_retries", "Failed delivery attempts, each retried after a backoff", lambda s: s.retries)
         yield counter("edge_daq_batches_delivered", "Batches the destination acknowledged", lambda s: s.batches)
+        yield counter(
+            "edge_daq_records_resent",
+            "Records delivered again after a lost connection (resend_window): duplicates with the same time",
+            lambda s: s.resent,
+        )
         # Reduction (deadband, aggregate): only the outputs that reduce, so that the saving reads as in / sent.
         reducing = [output for output in outputs if output.values_in]
         for name, documentation, value in (

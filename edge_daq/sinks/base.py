@@ -48,11 +48,13 @@ class WriteResult:
     """What happened to a batch that the output accepted: ``written + dropped == len(batch)``.
 
     ``dropped`` counts records the destination rejected for good (a malformed point, a type conflict):
-    they are logged and counted, never retried, so one bad point cannot block the rest.
+    they are logged and counted, never retried, so one bad point cannot block the rest. ``resent`` counts
+    records of earlier batches the output delivered again with this one (the MQTT output's ``resend_window``).
     """
 
     written: int
     dropped: int = 0
+    resent: int = 0
 
 
 class Output(ABC):

@@ -32,6 +32,12 @@ Any failure drops the connection and raises :class:`RetriableSinkError`: the run
 after a backoff and the next write reconnects (aiomqtt does not reconnect by itself), so delivery is
 at-least-once; the nanosecond ``time`` of a record lets consumers drop duplicates.
 
+A broker's PUBACK is not always a promise to keep the message: a cluster's MQTT listener (NATS, EMQX)
+acknowledges once it has routed a message, before a replicated stream stored it, so what a node acknowledged
+just before it died can be gone. ``resend_window`` covers that: after a lost connection, the messages
+acknowledged within that many seconds before the last acknowledgement are published again, first, on the next
+connection (duplicates with the same ``time``, counted as ``resent``; at most ``RESEND_LIMIT`` messages kept).
+
 At most ``max_inflight`` messages are handed to the MQTT client at once: the rest of a batch waits in the
 buffer, so the client's outgoing queue is bounded whatever the broker does.
 """
@@ -43,6 +49,8 @@ import json
 import logging
 import math
 import ssl
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,6 +88,7 @@ _CREDENTIALS_REFUSED = frozenset({4, 5, 134, 135})
 _BROKER_BUSY = frozenset({3, 136, 137, 151, 159})
 _TOPIC_SPECIALS = str.maketrans({"/": "_", "+": "_", "#": "_", "\0": "_"})
 _SERIES_CACHE_LIMIT = 4096
+RESEND_LIMIT = 100_000  # messages kept for resend_window: ~20 MB at most, and 100 s of a 1,000-instrument gateway
 
 
 def _protocol_name(value: object) -> object:
@@ -149,6 +158,9 @@ class MqttOutputConfig(OutputConfig):
     # Connecting (TCP, TLS, CONNACK), and the longest wait for any acknowledgement before the connection is
     # considered dead; keepalive catches a silent broker too, but only after up to twice its value.
     timeout: Timeout = 10.0
+    # After a lost connection, publish again what was acknowledged this long before the last acknowledgement:
+    # for brokers that acknowledge before they store (cluster MQTT listeners); 0 turns it off.
+    resend_window: Duration = Field(default=0.0, le=60.0)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -284,6 +296,11 @@ class MqttOutput(Output):
         # Per series (an instrument's records share one): topic and the constant parts of the payload. The entry
         # keeps the series alive, so its id cannot be reused by another series while cached.
         self._series_cache: dict[int, tuple[Series, str, str, str]] = {}
+        # resend_window: batches acknowledged on the current connection, as (monotonic time, messages), and
+        # those to publish again before anything else once a connection was lost.
+        self._recent: deque[tuple[float, Sequence[MqttMessage]]] = deque()
+        self._recent_messages = 0
+        self._resend: list[MqttMessage] = []
 
     @property
     def target(self) -> str:
@@ -356,8 +373,8 @@ class MqttOutput(Output):
         if not records:
             return WriteResult(written=0)
         messages = self.messages(records)
-        await self._publish(messages, self.config.qos)
-        return WriteResult(written=len(records))
+        resent = await self._publish(messages, self.config.qos)
+        return WriteResult(written=len(records), resent=resent)
 
     async def probe(self) -> bool:
         """The reconnect itself: True once connected (the next write uses that connection), False while the
@@ -401,7 +418,7 @@ class MqttOutput(Output):
         async with self._connect_lock:
             connection = self._connection
             if connection is not None and connection.watcher.done():
-                self._connection, self._lost = None, connection.broker
+                self._forget(connection)
                 await self._disconnect(connection)
                 connection = None
             if connection is None:
@@ -517,14 +534,51 @@ class MqttOutput(Output):
     async def _drop(self, connection: _Connection) -> None:
         """Forget a failed connection (once, whoever noticed first): the next publish reconnects."""
         if self._connection is connection:
-            self._connection, self._lost = None, connection.broker
+            self._forget(connection)
             await self._disconnect(connection)
+
+    def _forget(self, connection: _Connection) -> None:
+        """The connection is lost: its broker is tried last, and what it acknowledged last is to be resent."""
+        self._connection, self._lost = None, connection.broker
+        recent, self._recent, self._recent_messages = self._recent, deque(), 0
+        if recent:
+            since = recent[-1][0] - self.config.resend_window
+            again = [message for acknowledged, batch in recent if acknowledged >= since for message in batch]
+            self._resend.extend(again)
 
     # --- publishing -----------------------------------------------------------------------------------------
 
-    async def _publish(self, messages: Sequence[MqttMessage], qos: int) -> None:
-        """Publish concurrently, up to max_inflight at once, and return when all are acknowledged."""
+    async def _publish(self, messages: Sequence[MqttMessage], qos: int) -> int:
+        """Publish concurrently, up to max_inflight at once, and return when all are acknowledged; the number
+        of messages resent first (``resend_window``)."""
         connection = await self._connected()
+        # Taken, so that an event published meanwhile does not send them too; given back if this fails.
+        resend, self._resend = self._resend, []
+        if resend:
+            messages = [*resend, *messages]
+        try:
+            await self._publish_on(connection, messages, qos)
+        except BaseException:
+            self._resend[:0] = resend
+            raise
+        if resend:
+            log.info("mqtt_resent", broker=self.broker, messages=len(resend), window=self.config.resend_window)
+        self._remember(messages)
+        return len(resend)
+
+    def _remember(self, messages: Sequence[MqttMessage]) -> None:
+        """Keep what was just acknowledged for resend_window, and forget what has left it."""
+        window = self.config.resend_window
+        if window <= 0:
+            return
+        now = time.monotonic()
+        recent = self._recent
+        recent.append((now, messages))
+        self._recent_messages += len(messages)
+        while recent and (recent[0][0] < now - window or self._recent_messages > RESEND_LIMIT):
+            self._recent_messages -= len(recent.popleft()[1])
+
+    async def _publish_on(self, connection: _Connection, messages: Sequence[MqttMessage], qos: int) -> None:
         client = connection.client
         pending = iter(messages)
 

@@ -5,7 +5,8 @@ captures its topics. The node edge-daq is connected to is SIGKILLed mid-run; onc
 to is killed too. (Two nodes down at once would leave the R3 stream, and NATS's own MQTT session streams,
 without a quorum: no cluster accepts QoS 1 messages then.) The file output beside it is the reference of what
 was acquired; a JetStream consumer then reads the stream: every record must be there, once per record time,
-and a duplicate (a batch resent after the connection died) must be the same message again. The single-broker
+and a duplicate (a batch resent after the connection died, or the last seconds before it resent on purpose:
+``resend_window``) must be the same message again. The single-broker
 counterpart (a Mosquitto restart) is test_a_broker_restart_during_ingest_loses_nothing_at_qos_1 in
 test_mqtt_output.py.
 """
@@ -39,7 +40,7 @@ CLIENT_ID = f"edge-daq-{GATEWAY}"
 INTERVAL = "25ms"
 # A record is (measurement, instrument, time): the same key twice is a duplicate, which at-least-once allows.
 Key = tuple[str, str, int]
-LOSS_WINDOW = 2.0  # seconds before a kill: the records that may be in flight on the dying node
+RESEND_WINDOW = 5.0  # seconds: what NATS acknowledged before a kill and may not have stored (the module's note)
 MQTT_STREAMS = ["$MQTT_sess", "$MQTT_msgs", "$MQTT_rmsgs"]  # NATS's own state of the MQTT clients
 
 
@@ -216,7 +217,7 @@ async def test_killing_the_connected_node_twice_loses_nothing_and_duplicates_onl
         gateway.write_text(
             f"gateway: {GATEWAY}\nhttp: {{listen: '127.0.0.1:{http_port}'}}\noutputs:\n"
             f"  mqtt: {{hosts: [{hosts}], topic_prefix: {prefix}, qos: 1, flush_interval: 50ms, batch_size: 20,"
-            " timeout: 5s, keepalive: 2s, max_backoff: 200ms}\n"
+            f" timeout: 5s, keepalive: 2s, max_backoff: 200ms, resend_window: {RESEND_WINDOW}s}}\n"
             f"  archive: {{type: file, dir: {archive}, flush_interval: 50ms}}\n"
         )
         daemon = await start_daemon(gateway)
@@ -225,7 +226,7 @@ async def test_killing_the_connected_node_twice_loses_nothing_and_duplicates_onl
             entry = await status.wait_for("mqtt", lambda e: e["delivered"] >= 20, "first records delivered")
             for _ in range(2):
                 # A whole cluster again (a node restarted in the last round has caught up): one kill, one quorum.
-                await streams_current(cluster.client_urls, ["EDGE_DAQ", *MQTT_STREAMS])
+                await streams_current(cluster.client_urls, ["EDGE_DAQ", *MQTT_STREAMS], within=60)
                 node = await connected_node(cluster, status)
                 # NATS fills a stream by subscription: while its leader is dead and not yet replaced, what the
                 # MQTT listener acknowledged is dropped (305 of 886 records in one run). That is the broker's
@@ -240,14 +241,17 @@ async def test_killing_the_connected_node_twice_loses_nothing_and_duplicates_onl
                     return bool(entry["target"] != dead and entry["delivered"] > before)
 
                 # NATS itself needs seconds to hand a session to another node after losing one (JetStream
-                # requests with 4 s timeouts inside its MQTT CONNECT): edge-daq retries all along.
+                # requests with 4 s timeouts inside its MQTT CONNECT; 5-29 s in all here): edge-daq retries
+                # all along.
                 entry = await status.wait_for(
-                    "mqtt", moved_on, f"delivering again after {node.server_name} was killed", within=40
+                    "mqtt", moved_on, f"delivering again after {node.server_name} was killed", within=60
                 )
                 outage_seconds.append(time.monotonic() - killed_at)
                 assert (await connected_node(cluster, status)) is not node
-                await asyncio.to_thread(node.start)  # back with its store: the next kill keeps a quorum
-                await asyncio.to_thread(cluster.wait_healthy)
+                # Back with its store; the next round waits until its replicas are current again, so that the
+                # next kill keeps a quorum. (Not /healthz: it also waits for NATS's own retained-message
+                # consumers, which took over 30 s to catch up in one run and matter to nothing here.)
+                await asyncio.to_thread(node.start)
             steady = entry["delivered"] + 40
             await status.wait_for("mqtt", lambda e: e["delivered"] >= steady, "steady at the end")
             await simulator.aclose()  # the simulator goes: nothing new, so the counters can be compared
@@ -286,7 +290,8 @@ async def test_killing_the_connected_node_twice_loses_nothing_and_duplicates_onl
     print(
         f"\nNATS failover (killed {', '.join(name for name, _ in killed)}): {len(expected)} records acquired, "
         f"{len(set(received))} in the stream, {len(lost)} lost, {duplicates} duplicates (same time), "
-        f"{len(unknown)} unknown; edge-daq counted {mqtt['delivered']} delivered, {mqtt['retries']} retries; "
+        f"{len(unknown)} unknown; edge-daq counted {mqtt['delivered']} delivered, {mqtt['retries']} retries, "
+        f"{mqtt['resent']} resent; "
         f"delivering again {', '.join(f'{seconds:.1f}' for seconds in outage_seconds)} s after each kill; "
         "lost per kill: "
         + ", ".join(
@@ -295,9 +300,10 @@ async def test_killing_the_connected_node_twice_loses_nothing_and_duplicates_onl
         )
     )
     # NATS 2.9's MQTT listener acknowledges a QoS 1 PUBLISH once it has routed the message, before any stream
-    # stored it: what a node acknowledged just before it died may be gone. So a loss is allowed only there,
-    # among the records acquired in the last moments before a kill; anything else is edge-daq's and fails.
-    assert all(0 <= age < LOSS_WINDOW for ages in lost_by_kill.values() for age in ages), lost_by_kill
+    # stored it: what a node acknowledged just before it died may be gone. edge-daq publishes the last
+    # RESEND_WINDOW seconds again on the next node, so nothing may be missing; the resent ones are duplicates.
+    assert not lost, lost_by_kill
+    assert mqtt["resent"] > 0, "each kill resends what the dying node acknowledged last"
     assert not unknown, sorted(unknown)[:10]
     # A duplicate is the same record sent again: the very same message, never another value at the same time.
     assert all(len(variants) == 1 for variants in payloads.values())

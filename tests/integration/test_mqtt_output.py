@@ -505,6 +505,46 @@ async def test_hosts_connect_to_the_first_that_accepts_and_fail_over_on_disconne
     assert unreachable == [dead]
 
 
+async def test_resend_window_publishes_what_was_acknowledged_last_again_on_the_next_broker(
+    mosquitto_private: MosquittoServer, mosquitto: MosquittoServer, prefix: str
+) -> None:
+    first, second = f"127.0.0.1:{mosquitto_private.port}", f"127.0.0.1:{mosquitto.port}"
+    settings = MqttOutputConfig.model_validate(
+        {"hosts": [first, second], "topic_prefix": prefix, "timeout": "3s", "resend_window": "500ms"}
+    )
+    topic = f"{prefix}/{GATEWAY}/htol-07/chamber"
+    series = chamber_series()
+    async with MqttOutput(settings, gateway=GATEWAY) as output:
+        assert await output.write([record(series, T0, n=0)]) == WriteResult(written=1)
+        await asyncio.sleep(0.8)  # out of the window by the time of the last acknowledgement
+        assert await output.write([record(series, T0 + 1, n=1), record(series, T0 + 2, n=2)]) == WriteResult(2)
+        assert await output.write([record(series, T0 + 3, n=3)]) == WriteResult(written=1)
+        await asyncio.to_thread(mosquitto_private.stop)
+        async with subscribed(mosquitto.port, f"{prefix}/#") as on_second:
+            resent = 0
+            for _ in range(3):  # the write under way when the broker went fails if the loss is noticed then
+                try:
+                    result = await output.write([record(series, T0 + 4, n=4)])
+                except RetriableSinkError:
+                    continue
+                resent += result.resent
+                break
+            messages = await on_second.wait_for(topic, count=4)
+            # Nothing more once resent: the next batch is just itself.
+            assert await output.write([record(series, T0 + 5, n=5)]) == WriteResult(written=1)
+            messages = await on_second.wait_for(topic, count=5)
+    assert output.broker == second
+    assert resent == 3
+    assert [payload(message)["fields"]["n"] for message in messages] == [1, 2, 3, 4, 5]
+
+
+def test_resend_window_is_off_by_default_and_at_most_a_minute() -> None:
+    assert MqttOutputConfig.model_validate({}).resend_window == 0
+    assert MqttOutputConfig.model_validate({"resend_window": "5s"}).resend_window == 5
+    with pytest.raises(ValidationError, match="less than or equal to 60"):
+        MqttOutputConfig.model_validate({"resend_window": "2m"})
+
+
 # --- the daemon as a process ---------------------------------------------------------------------------------
 
 
